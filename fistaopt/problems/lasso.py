@@ -172,6 +172,8 @@ class LassoProblem:
     def _check_lam(self, lam: Any) -> torch.Tensor:
         if isinstance(lam, bool):
             raise TypeError("lam must be a number or a tensor, not bool")
+        if isinstance(lam, np.generic) and np.ndim(lam) == 0 and np.issubdtype(type(lam), np.number):
+            lam = float(lam)
         if isinstance(lam, (int, float)):
             if not math.isfinite(lam) or lam < 0:
                 raise ValueError(f"lam must be finite and >= 0, got {lam}")

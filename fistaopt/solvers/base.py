@@ -22,7 +22,7 @@ from fistaopt.problems.lasso import LassoProblem
 
 logger = logging.getLogger(__name__)
 
-STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "callback")
+STOP_REASONS = ("converged", "max_iter", "time_limit", "diverged", "callback", "precision_limit")
 
 
 class ConvergenceWarning(UserWarning):
@@ -71,7 +71,8 @@ class SolveResult:
     Attributes:
         W: the solution, shape of the problem's variable, on the solve device, float.
         converged: the certified relative gap reached ``tol``.
-        stop_reason: one of ``converged, max_iter, time_limit, diverged, callback``.
+        stop_reason: one of ``converged, max_iter, time_limit, diverged, callback`` or
+            ``precision_limit`` (the working-precision check passed, the float64 one did not).
         n_iter: iterations run.
         seconds: wall-clock seconds of the solve.
         solver: registry name of the solver.
@@ -171,6 +172,14 @@ class Solver:
             raise ValueError("device='cuda' was requested but CUDA is not available on this machine")
         dtype = self.dtype or problem.dtype
         work = problem.to(device=device, dtype=dtype)
+        if dtype != problem.dtype:
+            for name in ("H", "G", "c", "lam"):
+                if not bool(torch.isfinite(getattr(work, name)).all()):
+                    raise ValueError(
+                        f"problem.{name} overflows in {dtype} (max |{name}| = "
+                        f"{getattr(problem, name).abs().max().item():.3g}); solve in "
+                        f"{problem.dtype} or rescale the data"
+                    )
         if W0 is None:
             W = torch.zeros(work.w_shape, dtype=dtype, device=device)
         else:
@@ -191,7 +200,9 @@ class Solver:
         converged = final.relative <= self.tol
         reason = state.stop_reason or ("converged" if converged else "max_iter")
         if reason == "converged" and not converged:
-            reason = "max_iter"
+            # the working-precision check passed but the float64 certificate on the
+            # original problem does not: the iterate dtype cannot certify this tol
+            reason = "max_iter" if n_iter >= self.max_iter else "precision_limit"
         if not state.trace.iteration or state.trace.iteration[-1] != n_iter:
             state.trace.append(n_iter, final.objective, final.total, final.relative, time.perf_counter() - start)
         seconds = time.perf_counter() - start
