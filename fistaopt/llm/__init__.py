@@ -1,0 +1,24 @@
+"""Everything that knows about transformers models: blocks, capture, the prune loop, baselines.
+
+    from fistaopt import llm
+    model, tok = llm.load_model()                       # default: SmolLM2-135M-Instruct
+    calib = llm.calibration_tokens(tok, nsamples=64, seqlen=512)
+    report = llm.prune(model, calib, sparsity=0.5, method="wanda")
+    llm.perplexity(model, llm.evaluation_tokens(tok), seqlen=512)
+"""
+
+from fistaopt.llm.baselines import magnitude, sparsegpt, wanda
+from fistaopt.llm.data import calibration_tokens, evaluation_tokens
+from fistaopt.llm.evaluate import PerplexityResult, perplexity
+from fistaopt.llm.loading import load_model, save_pruned
+from fistaopt.llm.model import Operator, OperatorGroup, find_blocks, model_operators
+from fistaopt.llm.prune import OperatorRecord, PruneReport, prune
+
+__all__ = [
+    "prune", "PruneReport", "OperatorRecord",
+    "magnitude", "wanda", "sparsegpt",
+    "calibration_tokens", "evaluation_tokens",
+    "perplexity", "PerplexityResult",
+    "load_model", "save_pruned",
+    "Operator", "OperatorGroup", "find_blocks", "model_operators",
+]

@@ -1,0 +1,237 @@
+"""The block loop on tiny random models: patterns, error correction, resume, save/load, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import fistaopt.problems
+from fistaopt.llm import find_blocks, prune, save_pruned
+from fistaopt.llm.model import linear_modules, model_operators
+from llm_fixtures import ARCHS, calib, tiny_model
+
+
+def _block_weights(model):
+    """(block index, name, W (d_out, d_in)) for every linear operator of every block."""
+    out = []
+    for i, groups in enumerate(model_operators(model)):
+        for g in groups:
+            for op in g:
+                out.append((i, op.name, op.get_weight()))
+    return out
+
+
+def _check_pattern(model, pattern):
+    weights = _block_weights(model)
+    assert weights
+    for _, _, W in weights:
+        nz = W != 0
+        if pattern == "2:4":
+            assert torch.all(nz.view(W.shape[0], -1, 4).sum(-1) <= 2)
+        else:
+            assert torch.all(nz.sum(1) <= W.shape[1] // 2)
+            # random dense weights are nonzero a.s.: the count is exact
+            assert torch.all(nz.sum(1) == W.shape[1] // 2)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_baselines_give_exact_patterns(arch, method, pattern):
+    model = tiny_model(arch)
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    report = prune(model, calib(4, 16), method=method, pattern=pattern, progress=False, batch_size=2)
+    _check_pattern(model, pattern)
+    n_ops = sum(len(linear_modules(b)) for b in find_blocks(model)[1])
+    assert len(report.records) == n_ops
+    assert report.totals["sparsity"] == pytest.approx(0.5)
+    assert all(r.rel_error is not None and 0 <= r.rel_error < 1.5 for r in report.records)
+    # embeddings and lm_head stay dense
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    assert (model.get_output_embeddings().weight != 0).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_fista_gives_exact_patterns_and_beats_magnitude(pattern):
+    pytest.importorskip("fistaopt.layer")
+    model = tiny_model("llama")
+    report = prune(model, calib(4, 16), method="fista", pattern=pattern, progress=False)
+    _check_pattern(model, pattern)
+    mag = prune(tiny_model("llama"), calib(4, 16), method="magnitude", pattern=pattern, progress=False)
+    # compare block 0 (same inputs in dense mode), operator by operator
+    errs = {r.name: r.rel_error for r in report.records if r.block == 0}
+    mag_errs = {r.name: r.rel_error for r in mag.records if r.block == 0}
+    assert sum(errs.values()) < sum(mag_errs.values())
+    assert all(r.n_iter is not None and r.lam is not None for r in report.records)
+
+
+@pytest.mark.parametrize("block_inputs", ["dense", "pruned"])
+def test_wanda_and_sparsegpt_reconstruct_better_than_magnitude(block_inputs):
+    totals = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        model = tiny_model("opt")
+        r = prune(model, calib(8, 16), method=method, block_inputs=block_inputs, progress=False)
+        totals[method] = sum(rec.rel_error for rec in r.records)
+    assert totals["sparsegpt"] < totals["magnitude"]
+    assert totals["wanda"] < totals["magnitude"]
+
+
+def test_error_corrected_statistics_of_o_proj():
+    """X* of o_proj is its input computed with pruned q/k/v; X the dense input."""
+    captured = []
+
+    class Recording(fistaopt.problems.LayerStatsAccumulator):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.xs, self.x_stars = [], []
+            captured.append(self)
+
+        def add(self, X, X_star=None):
+            self.xs.append(X.detach().clone())
+            self.x_stars.append(None if X_star is None else X_star.detach().clone())
+            super().add(X, X_star)
+
+    dense = tiny_model("llama", scale=5.0)
+    model = copy.deepcopy(dense)
+    ids = calib(4, 16)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", Recording)
+    try:
+        prune(model, ids, method="wanda", error_correction=True, progress=False, batch_size=2)
+    finally:
+        mp.undo()
+    acc = captured[1]  # block 0, group 1 = o_proj
+    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.xs])
+    X_star = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.x_stars])
+
+    def o_proj_input(m):
+        seen = []
+        h = m.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0]))
+        with torch.no_grad():
+            m(ids, use_cache=False)
+        h.remove()
+        return seen[0].reshape(-1, seen[0].shape[-1])
+
+    # independent computation: dense model with only block 0's q/k/v replaced by the pruned ones
+    hybrid = copy.deepcopy(dense)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        getattr(hybrid.model.layers[0].self_attn, name).weight.data.copy_(
+            getattr(model.model.layers[0].self_attn, name).weight.data)
+    torch.testing.assert_close(X, o_proj_input(dense), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(X_star, o_proj_input(hybrid), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(X, X_star)
+    # group 0 (q,k,v) has nothing pruned before it: dense statistics only
+    assert all(x is None for x in captured[0].x_stars)
+
+
+def test_no_error_correction_uses_dense_statistics():
+    model = tiny_model("llama")
+    r1 = prune(model, calib(4, 16), method="wanda", error_correction=False, progress=False)
+    model2 = tiny_model("llama")
+    r2 = prune(model2, calib(4, 16), method="wanda", error_correction=True, progress=False)
+    assert r1.settings["error_correction"] is False and r2.settings["error_correction"] is True
+    # block 0's first group sees identical statistics in both modes
+    assert r1.records[0].rel_error == pytest.approx(r2.records[0].rel_error, rel=1e-5)
+
+
+@pytest.mark.parametrize("block_inputs", ["dense", "pruned"])
+def test_resume_after_interruption_gives_identical_weights(tmp_path, block_inputs):
+    ids = calib(4, 16)
+    kw = dict(method="sparsegpt", block_inputs=block_inputs, progress=False, batch_size=2)
+    reference = tiny_model("llama", scale=3.0)
+    prune(reference, ids, **kw)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_block_0(i, report):
+        if i == 0:
+            raise Interrupt
+
+    ckpt = tmp_path / "ckpt"
+    interrupted = tiny_model("llama", scale=3.0)
+    with pytest.raises(Interrupt):
+        prune(interrupted, ids, checkpoint_dir=ckpt, callback=stop_after_block_0, **kw)
+    assert (ckpt / "state.json").is_file() and json.loads((ckpt / "state.json").read_text())["next_block"] == 1
+
+    resumed = tiny_model("llama", scale=3.0)  # a fresh dense model, as after a crash
+    report = prune(resumed, ids, checkpoint_dir=ckpt, **kw)
+    assert len(report.records) == 14 and {r.block for r in report.records} == {0, 1}
+    for (k, v), (k2, v2) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    # different settings on the same checkpoint are refused
+    with pytest.raises(ValueError, match="different settings"):
+        prune(tiny_model("llama", scale=3.0), ids, checkpoint_dir=ckpt, **{**kw, "method": "wanda"})
+
+
+def test_masks_survive_save_and_load(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("gpt2")
+    report = prune(model, calib(4, 16), method="sparsegpt", pattern="2:4", progress=False)
+    out = save_pruned(model, None, tmp_path / "pruned", report)
+    assert not list(tmp_path.glob(".pruned.tmp-*"))
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    for (_, name, W), (_, _, W2) in zip(_block_weights(model), _block_weights(loaded)):
+        assert torch.equal(W == 0, W2 == 0), name
+        assert torch.equal(W, W2)
+    _check_pattern(loaded, "2:4")
+    data = json.loads((out / "report.json").read_text())
+    assert data["settings"]["pattern"] == "2:4" and len(data["records"]) == 8
+
+
+def test_report_to_json(tmp_path):
+    model = tiny_model("opt")
+    report = prune(model, calib(2, 16), method="magnitude", progress=False)
+    report.save_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["totals"]["n_operators"] == 12
+    assert {"block", "name", "shape", "sparsity", "rel_error", "seconds", "method"} <= set(data["records"][0])
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(method="obs"), ValueError, "unknown method"),
+        (dict(sparsity=1.0), ValueError, "sparsity"),
+        (dict(sparsity=-0.1), ValueError, "sparsity"),
+        (dict(pattern="2:5"), ValueError, "divisible by 5"),
+        (dict(pattern="bogus"), ValueError, "pattern"),
+        (dict(block_inputs="mixed"), ValueError, "block_inputs"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(warm_start="obs"), ValueError, "warm_start"),
+    ],
+)
+def test_bad_settings(kwargs, exc, match):
+    model = tiny_model("llama")
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(exc, match=match):
+        prune(model, calib(2, 8), progress=False, **{"method": "wanda", **kwargs})
+    for k, v in model.state_dict().items():  # nothing was touched
+        assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize(
+    "calibration,exc,match",
+    [
+        (calib(2, 8).float(), TypeError, "dtype"),
+        (calib(2, 8)[0], ValueError, "shape"),
+        (torch.zeros(0, 8, dtype=torch.long), ValueError, "empty"),
+        ([], ValueError, "empty"),
+        (calib(2, 8) + 1000, ValueError, "token ids"),
+        ("some text", TypeError, "LongTensor"),
+    ],
+)
+def test_bad_calibration(calibration, exc, match):
+    with pytest.raises(exc, match=match):
+        prune(tiny_model("llama"), calibration, method="wanda", progress=False)
+
+
+def test_calibration_list_of_batches():
+    model = tiny_model("qwen2")
+    report = prune(model, [calib(2, 16), calib(3, 8, seed=1)], method="wanda", progress=False, batch_size=2)
+    assert report.settings["nsamples"] == 5 and report.settings["seqlen"] == [8, 16]
+    _check_pattern(model, "unstructured")
