@@ -21,22 +21,48 @@ def soft_threshold(Z: torch.Tensor, thr: torch.Tensor | float, mask: torch.Tenso
     return out
 
 
-@contextlib.contextmanager
-def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Set float32 matmul precision for the duration of a solve, then restore it.
+class PrecisionWarning(UserWarning):
+    """A requested reduced-precision mode does not take effect here (e.g. ``tf32`` on CPU)."""
 
-    ``fp32``: IEEE float32 (TF32 off); ``tf32``: TF32 tensor cores allowed (CUDA only;
-    on CPU it has no effect and float32 is IEEE); ``bf16``: products in bfloat16 are
-    done by the caller, here only TF32 is disabled.  Nothing global changes at import
-    and the previous settings are restored even on error.
+
+def _new_api() -> bool:
+    """torch ≥ 2.9 has per-backend ``fp32_precision`` flags (mixing them with the legacy
+    ``allow_tf32`` / ``set_float32_matmul_precision`` API raises on some reads)."""
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(
+        getattr(torch.backends, "mkldnn", None), "matmul"
+    ) and hasattr(torch.backends.mkldnn.matmul, "fp32_precision")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device | str | None = None) -> Iterator[None]:
+    """Set float32 matmul precision for the duration of a solve, then restore it exactly.
+
+    ``fp32``: IEEE float32 everywhere (TF32 off on CUDA, and oneDNN on CPU kept IEEE);
+    ``tf32``: TF32 tensor cores for CUDA matmuls when ``device`` is CUDA — on CPU it has
+    no effect, the CPU GEMM is kept IEEE (FISTA reports ``effective_precision`` and
+    warns); ``bf16``: the products in bfloat16 are done by the caller, here float32
+    matmuls are kept IEEE.  Nothing global changes at import; the previous settings —
+    on torch ≥ 2.9 the per-backend ``fp32_precision`` strings, else the legacy
+    ``float32_matmul_precision`` / ``allow_tf32`` flags — are restored, also on error.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    on_cuda = device is None or torch.device(device).type == "cuda"
+    allow = precision == "tf32" and on_cuda
+    if _new_api():
+        cuda_mm, mkl_mm = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+        old = (cuda_mm.fp32_precision, mkl_mm.fp32_precision)
+        try:
+            cuda_mm.fp32_precision = "tf32" if allow else "ieee"
+            mkl_mm.fp32_precision = "ieee"
+            yield
+        finally:
+            cuda_mm.fp32_precision, mkl_mm.fp32_precision = old
+        return
     old_prec = torch.get_float32_matmul_precision()
     old_cuda = torch.backends.cuda.matmul.allow_tf32
     old_cudnn = torch.backends.cudnn.allow_tf32
     try:
-        allow = precision == "tf32"
         torch.set_float32_matmul_precision("high" if allow else "highest")
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
