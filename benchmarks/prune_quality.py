@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--blocks", default=None, help="prune only these blocks, e.g. 0-3 (for quick checks)")
+    ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     ap.add_argument("--out", default=None, help="JSON output path (markdown written next to it)")
     args = ap.parse_args(argv)
 
@@ -96,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     def ppl() -> float:
         return float(llm.perplexity(model, evals, seqlen=args.seqlen))
 
-    t = time.perf_counter()
-    rows = [{"method": "dense", "pattern": "-", "ppl": ppl(), "prune_seconds": 0.0,
-             "eval_seconds": time.perf_counter() - t, "mean_rel_error": None}]
-    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    rows = []
+    if not args.skip_dense:
+        t = time.perf_counter()
+        rows.append({"method": "dense", "pattern": "-", "ppl": ppl(), "prune_seconds": 0.0,
+                     "eval_seconds": time.perf_counter() - t, "mean_rel_error": None})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     for pat in filter(None, args.patterns.split(";")):
         for spec in filter(None, args.methods.split(";")):
             name, options = parse_method(spec)

@@ -200,6 +200,9 @@ def prune_layer(
     search_steps: int = 8,
     search_iter: int = 20,
     penalty: str = "scaled",
+    lam_rule: str = "quantile",
+    xi: float = 0.3,
+    xi_grid: tuple[float, ...] = (0.5, 0.7, 0.85, 0.95),
     **solver_options: Any,
 ) -> LayerResult:
     """Prune one layer to ``pattern`` (see the module docstring).
@@ -221,10 +224,16 @@ def prune_layer(
         search_steps, search_iter: λ-search steps and iterations (only without warm start).
         penalty: ``"l1"`` (the paper's plain ``λ‖W‖₁``) or ``"scaled"`` (``λ Σ ‖X*_j‖ |W_ij|``,
             Wanda's saliency as an ℓ1 weight; invariant to rescaling an input channel).
+        lam_rule: ``"quantile"`` (λ_i from ``quantiles``) or ``"xi"`` (the paper's
+            criterion: per round, one batched solve over the λ candidates of ``xi_grid``;
+            each row takes the candidate whose rounding error ``P(round(W)) − P(W)`` is
+            closest to ``xi`` times its total error ``P(round(W))``).
+        xi, xi_grid: the target ratio and the gradient quantiles that give the candidates.
         solver_options: passed to the solver (e.g. ``precondition``, ``device``, ``dtype``).
 
     Every candidate is scored by the layer objective row by row and each row keeps its
-    best candidate, so the result is never worse than the (refit) warm start.
+    best candidate (for the layer-scope pattern, whose rows share one budget, whole
+    candidates compete), so the result is never worse than the (refit) warm start.
     """
     start = time.perf_counter()
     if not isinstance(problem, LassoProblem):
@@ -235,6 +244,10 @@ def prune_layer(
         raise ValueError("prune_layer takes a problem with a scalar or per-row lam, not a batch")
     if solver == "cvxpy":
         raise ValueError("cvxpy is a verifier, too slow for pruning; use fista, ista or admm")
+    if lam_rule not in ("quantile", "xi"):
+        raise ValueError(f"lam_rule must be 'quantile' or 'xi', got {lam_rule!r}")
+    if not 0.0 < xi < 1.0 or not xi_grid or not all(0.0 <= q <= 1.0 for q in (*xi_grid, *quantiles)):
+        raise ValueError("xi must be in (0, 1); xi_grid and quantiles non-empty with values in [0, 1]")
     if rounds < 0 or round_iter < 0 or refit_iter < 0:
         raise ValueError("rounds, round_iter and refit_iter must be >= 0")
     for key in ("tol", "max_iter", "warn", "check_every"):
@@ -287,22 +300,28 @@ def prune_layer(
         start_error = float(plain.relative_error(best))
         improved = torch.zeros(work.d_out, dtype=torch.bool, device=work.device)
         for r in range(rounds):
-            q = quantiles[r % len(quantiles)] if quantiles else 0.5
-            lam_r = _pruned_gradient_lam(work, best, q)
-            res = get(solver, max_iter=round_iter, tol=0.0, warn=False, check_every=max(round_iter, 1),
-                      **solver_options).solve(work.with_lam(lam_r), W0=best)
-            n_iter += res.n_iter
-            cand, cand_mask = finish(res.W)
+            if lam_rule == "xi":
+                lam_r, W_r, it = _xi_round(work, plain, best, pat, solver, round_iter, xi, xi_grid, solver_options)
+            else:
+                q = quantiles[r % len(quantiles)] if quantiles else 0.5
+                lam_r = _pruned_gradient_lam(work, best, q)
+                res = get(solver, max_iter=round_iter, tol=0.0, warn=False, check_every=max(round_iter, 1),
+                          **solver_options).solve(work.with_lam(lam_r), W0=best)
+                W_r, it = res.W, res.n_iter
+            n_iter += it
+            cand, cand_mask = finish(W_r)
             obj = plain.objective(cand, per_row=True)
             better = obj < best_obj
+            if pat.scope == "layer":  # rows share one budget: candidates compete as a whole
+                better = torch.full_like(better, bool(obj.sum() < best_obj.sum()))
             best = torch.where(better[:, None], cand, best)
             mask = torch.where(better[:, None], cand_mask, best != 0) if refit else mask
             best_obj = torch.minimum(obj, best_obj)
             lam = torch.where(better, lam_r, lam)
             improved |= better
             if r == 0:
-                err_l1 = float(plain.relative_error(res.W))
-                err_round = float(plain.relative_error(res.W * cand_mask))
+                err_l1 = float(plain.relative_error(W_r))
+                err_round = float(plain.relative_error(W_r * cand_mask))
     mask = best != 0 if refit else project(_rounding_scores(best, work.H), pat)
     if not _fits(mask, pat):  # refit may leave exact zeros only, never extra non-zeros
         mask = project(_rounding_scores(best, work.H), pat)
@@ -316,6 +335,32 @@ def prune_layer(
         rel_error_before_rounding=err_l1, rel_error_rounded=err_round, rel_error=err, n_iter=n_iter,
         refit_iter=cg_iter, seconds=seconds, chosen=float(improved.float().mean()), info=info,
     )
+
+
+def _xi_round(
+    work: LassoProblem, plain: LassoProblem, best: torch.Tensor, pat: Pattern, solver: str, iters: int,
+    xi: float, grid: tuple[float, ...], solver_options: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One round of the paper's λ rule, all λ candidates in one batched solve.
+
+    Candidates ``λ_k`` (``k`` over ``grid``, each a per-row vector) are solved together
+    (``W`` of shape ``(K, d_out, d_in)``, one GEMM per iteration); for each row the
+    candidate whose rounding error ratio ``(P(round W_k) − P(W_k)) / P(round W_k)`` is
+    closest to ``xi`` is returned with its λ.
+    """
+    K = len(grid)
+    lams = torch.stack([_pruned_gradient_lam(work, best, q) for q in grid])  # (K, d_out)
+    res = get(solver, max_iter=iters, tol=0.0, warn=False, check_every=max(iters, 1), **solver_options).solve(
+        work.with_lam(lams), W0=best.expand(K, -1, -1).clone())
+    W = res.W  # (K, d_out, d_in)
+    rounded = W * project(_rounding_scores(W, work.H), pat)
+    batch = plain.with_lam(torch.zeros_like(lams))
+    p_l1 = batch.objective(W, per_row=True)
+    p_round = batch.objective(rounded, per_row=True)
+    ratio = (p_round - p_l1) / p_round.clamp_min(torch.finfo(torch.float64).tiny)
+    pick = (ratio - xi).abs().argmin(0)  # (d_out,)
+    rows = torch.arange(work.d_out, device=W.device)
+    return lams[pick, rows], W[pick.to(W.device), rows], res.n_iter
 
 
 def _full_mask(W: torch.Tensor, mask: torch.Tensor, pat: Pattern, problem: LassoProblem) -> torch.Tensor:

@@ -289,8 +289,10 @@ def _prune_operator(
     problem = acc.to_problem(W0, solver_options.pop("lam", 0.0), damp=damp)
     warm = None if warm_start == "none" else _baseline(warm_start, W0, acc, pattern, damp)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, refit=refit, **solver_options)
+    # report the error on the undamped statistics, exactly as for the baselines
+    rel = float(acc.to_problem(W0, 0.0).relative_error(res.W))
     return res.W, {
-        "rel_error": float(res.rel_error),
+        "rel_error": rel,
         "rel_error_before_rounding": None if res.rel_error_before_rounding is None else float(res.rel_error_before_rounding),
         "lam": _lam_summary(res.lam),
         "n_iter": None if res.n_iter is None else int(res.n_iter),

@@ -129,7 +129,9 @@ class LassoProblem:
         self.lam = self._check_lam(lam)
         self.mask = self._check_mask(mask)
         self.penalty_weights = self._check_weights(penalty_weights)
-        self._lipschitz: float | None = None
+        # derived quantities of H, shared (by reference) with every with_lam/with_mask copy:
+        # [(H, L)] for lipschitz(), [(H, scaled H, s)] for jacobi_scaled()
+        self._h_cache: dict[str, list] = {"lipschitz": [], "jacobi": []}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -277,8 +279,10 @@ class LassoProblem:
                 return None
             return t.to(device=device) if keep_dtype else t.to(device=device, dtype=dtype or t.dtype)
 
+        H = mv(self.H)
+        cache = self._h_cache if H is self.H else {"lipschitz": [], "jacobi": []}
         return self._replace(
-            H=mv(self.H), G=mv(self.G), c=mv(self.c), lam=mv(self.lam),
+            H=H, _h_cache=cache, G=mv(self.G), c=mv(self.c), lam=mv(self.lam),
             mask=mv(self.mask, keep_dtype=True), penalty_weights=mv(self.penalty_weights),
         )
 
@@ -290,18 +294,19 @@ class LassoProblem:
         invariant, so a certificate of ``V`` is a certificate of ``W = V S⁻¹``.  Dead
         columns (``H_jj = 0``) get ``s_j = 1``.
         """
-        diag = torch.diagonal(self.H).clamp_min(0)
-        s = torch.sqrt(diag)
-        positive = s > 0
-        s = torch.where(positive, s, torch.ones_like(s))
+        cached = [entry for entry in self._h_cache["jacobi"] if entry[0] is self.H]
+        if cached:
+            _, H_scaled, s, shared = cached[0]
+        else:
+            s = torch.sqrt(torch.diagonal(self.H).clamp_min(0))
+            s = torch.where(s > 0, s, torch.ones_like(s))
+            inv = 1.0 / s
+            H_scaled = self.H * inv[:, None] * inv[None, :]
+            shared = {"lipschitz": [], "jacobi": []}
+            self._h_cache["jacobi"] = [(self.H, H_scaled, s, shared)]
         inv = 1.0 / s
         omega = self.penalty_weights if self.penalty_weights is not None else torch.ones_like(s)
-        scaled = self._replace(
-            H=self.H * inv[:, None] * inv[None, :],
-            G=self.G * inv[None, :],
-            penalty_weights=omega * inv,
-            _lipschitz=None,
-        )
+        scaled = self._replace(H=H_scaled, G=self.G * inv[None, :], penalty_weights=omega * inv, _h_cache=shared)
         return scaled, s
 
     # ------------------------------------------------------------------ smooth part
@@ -341,26 +346,29 @@ class LassoProblem:
         in practice for Gram matrices whose top eigenvalue is separated; the solvers
         also guard against a step that is too long).  Cached.
         """
-        if self._lipschitz is None:
-            H = self.H.to(torch.float64)
-            if self.d_in == 0:
-                L = 0.0
-            elif self.d_in <= EXACT_LIPSCHITZ_MAX_DIM:
-                L = torch.linalg.eigvalsh(H)[-1].item()
-            else:
-                gen = torch.Generator(device="cpu").manual_seed(0)
-                v = torch.randn(self.d_in, generator=gen, dtype=torch.float64).to(H.device)
-                v /= v.norm()
-                est = 0.0
-                for _ in range(200):
-                    w = H @ v
-                    est = w.norm().item()
-                    if est == 0.0:
-                        break
-                    v = w / est
-                L = 1.02 * est
-            self._lipschitz = max(float(L), 0.0)
-        return self._lipschitz
+        for H_ref, L_cached in self._h_cache["lipschitz"]:
+            if H_ref is self.H:
+                return L_cached
+        H = self.H.to(torch.float64)
+        if self.d_in == 0:
+            L = 0.0
+        elif self.d_in <= EXACT_LIPSCHITZ_MAX_DIM:
+            L = torch.linalg.eigvalsh(H)[-1].item()
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            v = torch.randn(self.d_in, generator=gen, dtype=torch.float64).to(H.device)
+            v /= v.norm()
+            est = 0.0
+            for _ in range(200):
+                w = H @ v
+                est = w.norm().item()
+                if est == 0.0:
+                    break
+                v = w / est
+            L = 1.02 * est
+        L = max(float(L), 0.0)
+        self._h_cache["lipschitz"] = [(self.H, L)]
+        return L
 
     # ------------------------------------------------------------------ objective and certificate
     def lam_max(self) -> torch.Tensor:
