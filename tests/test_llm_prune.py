@@ -137,7 +137,7 @@ def test_no_error_correction_uses_dense_statistics():
     assert r1.records[0].rel_error == pytest.approx(r2.records[0].rel_error, rel=1e-5)
 
 
-@pytest.mark.parametrize("block_inputs", ["dense", "pruned"])
+@pytest.mark.parametrize("block_inputs", ["dense", "pruned", "corrected"])
 def test_resume_after_interruption_gives_identical_weights(tmp_path, block_inputs):
     ids = calib(4, 16)
     kw = dict(method="sparsegpt", block_inputs=block_inputs, progress=False, batch_size=2)
@@ -201,6 +201,7 @@ def test_report_to_json(tmp_path):
         (dict(pattern="2:5"), ValueError, "divisible by 5"),
         (dict(pattern="bogus"), ValueError, "pattern"),
         (dict(block_inputs="mixed"), ValueError, "block_inputs"),
+        (dict(block_inputs="corrected", error_correction=False), ValueError, "error_correction"),
         (dict(batch_size=0), ValueError, "batch_size"),
         (dict(warm_start="obs"), ValueError, "warm_start"),
     ],
@@ -235,3 +236,48 @@ def test_calibration_list_of_batches():
     report = prune(model, [calib(2, 16), calib(3, 8, seed=1)], method="wanda", progress=False, batch_size=2)
     assert report.settings["nsamples"] == 5 and report.settings["seqlen"] == [8, 16]
     _check_pattern(model, "unstructured")
+
+
+def test_corrected_mode_targets_the_dense_model():
+    """In block 1, X is the dense model's input of the operator and X* the pruned model's."""
+    captured = []
+
+    class Recording(fistaopt.problems.LayerStatsAccumulator):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.xs, self.x_stars = [], []
+            captured.append(self)
+
+        def add(self, X, X_star=None):
+            self.xs.append(X.detach().clone())
+            self.x_stars.append(None if X_star is None else X_star.detach().clone())
+            super().add(X, X_star)
+
+    dense = tiny_model("llama", scale=5.0)
+    model = copy.deepcopy(dense)
+    ids = calib(4, 16)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", Recording)
+    try:
+        report = prune(model, ids, method="wanda", block_inputs="corrected", progress=False, batch_size=4)
+    finally:
+        mp.undo()
+    _check_pattern(model, "unstructured")
+    assert report.settings["block_inputs"] == "corrected"
+    n_groups = len(captured) // 2
+    acc = captured[n_groups]  # block 1, group 0 (q, k, v)
+
+    def q_input(m):
+        seen = []
+        h = m.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0]))
+        with torch.no_grad():
+            m(ids, use_cache=False)
+        h.remove()
+        return seen[0].reshape(-1, seen[0].shape[-1])
+
+    hybrid = copy.deepcopy(dense)  # block 0 pruned, block 1 dense: the pruned model's stream into block 1
+    hybrid.model.layers[0].load_state_dict(model.model.layers[0].state_dict())
+    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.xs])
+    X_star = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.x_stars])
+    torch.testing.assert_close(X, q_input(dense), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(X_star, q_input(hybrid), rtol=1e-5, atol=1e-5)

@@ -50,7 +50,7 @@ from fistaopt.llm.model import OperatorGroup, block_operators, find_blocks, line
 
 logger = logging.getLogger(__name__)
 
-BLOCK_INPUT_MODES = ("dense", "pruned")
+BLOCK_INPUT_MODES = ("dense", "pruned", "corrected")
 WARM_STARTS = ("auto", "none", "magnitude", "wanda", "sparsegpt")
 CHECKPOINT_VERSION = 1
 
@@ -342,7 +342,11 @@ def prune(
         method: a solver (``fista``, ``ista``, ``admm``, ``cvxpy``) or a baseline
             (``magnitude``, ``wanda``, ``sparsegpt``).
         error_correction: X* from the block with earlier operators pruned (else X* = X).
-        block_inputs: ``"dense"`` (dense hidden states enter every block) or ``"pruned"``.
+        block_inputs: ``"dense"`` (dense hidden states enter every block: the paper's
+            parallel mode), ``"pruned"`` (the pruned model's hidden states, as SparseGPT
+            and Wanda; the target is the dense *block* on those inputs) or ``"corrected"``
+            (X* from the pruned model, the target X from the dense *model*: every operator
+            also corrects the error accumulated in earlier blocks; needs error_correction).
         device: where the current block runs (default: the model's device).
         batch_size: calibration sequences per forward.
         damp: ridge ``damp · mean(diag H)`` for the solvers and SparseGPT.
@@ -373,6 +377,8 @@ def prune(
             )
     if block_inputs not in BLOCK_INPUT_MODES:
         raise ValueError(f"block_inputs must be one of {BLOCK_INPUT_MODES}, got {block_inputs!r}")
+    if block_inputs == "corrected" and not error_correction:
+        raise ValueError("block_inputs='corrected' needs error_correction=True (X* and X come from different models)")
     warm_start = "none" if warm_start is None else str(warm_start).lower()
     if warm_start not in WARM_STARTS:
         raise ValueError(f"warm_start must be one of {WARM_STARTS} or None, got {warm_start!r}")
@@ -434,12 +440,16 @@ def prune(
     model.eval()
     inputs = capture_block_inputs(model, batches)
     hidden: list[torch.Tensor] = inputs.hidden
+    # the dense model's own hidden states, kept only when targets come from the dense model
+    dense_hidden: list[torch.Tensor] | None = inputs.hidden if block_inputs == "corrected" else None
     start = 0
     if ckpt is not None:
         state = ckpt.load()
         if state is not None:
             start, saved_hidden, report.records = ckpt.restore(blocks, state)
-            if saved_hidden is not None:
+            if isinstance(saved_hidden, dict):
+                hidden, dense_hidden = saved_hidden["pruned"], saved_hidden["dense"]
+            elif saved_hidden is not None:
                 hidden = saved_hidden
             logger.info("resuming from checkpoint %s at block %d", ckpt.dir, start)
 
@@ -450,15 +460,18 @@ def prune(
             if i not in selected:  # a dense block: just pass the calibration inputs through
                 calls = [c[i] for c in inputs.calls]
                 hidden = _pass_through(blocks[i], calls, hidden, exec_device)
+                if dense_hidden is not None:
+                    dense_hidden = _pass_through(blocks[i], calls, dense_hidden, exec_device)
             else:
-                hidden = _prune_block(
-                    blocks[i], i, inputs, hidden, pat, method,
+                hidden, dense_hidden = _prune_block(
+                    blocks[i], i, inputs, hidden, dense_hidden, pat, method,
                     error_correction=bool(error_correction), block_inputs=block_inputs, device=exec_device,
                     damp=float(damp), warm_start=warm_start, refit=bool(refit), stats_dtype=stats_dtype,
                     solver_options=solver_options, report=report, bar=bar, last=(i == selected[-1]),
                 )
             if ckpt is not None:
-                ckpt.save(i, blocks[i], hidden, report.records)
+                both = hidden if dense_hidden is None or hidden is None else {"pruned": hidden, "dense": dense_hidden}
+                ckpt.save(i, blocks[i], both, report.records)
             if callback is not None:
                 callback(i, report)
     finally:
@@ -474,6 +487,7 @@ def _prune_block(
     index: int,
     inputs: BlockInputs,
     hidden: list[torch.Tensor],
+    dense_hidden: list[torch.Tensor] | None,
     pat: Any,
     method: str,
     *,
@@ -489,7 +503,11 @@ def _prune_block(
     bar: Any,
     last: bool,
 ) -> list[torch.Tensor] | None:
-    """Prune one block in place; return the next block's inputs (None after the last block)."""
+    """Prune one block in place; return the next block's inputs (None after the last block).
+
+    Returns ``(hidden, dense_hidden)`` for the next block; ``dense_hidden`` (the dense
+    model's stream) is carried only in the ``"corrected"`` mode, else None.
+    """
     from fistaopt.problems import LayerStatsAccumulator
 
     home = next(block.parameters()).device
@@ -499,7 +517,8 @@ def _prune_block(
     try:
         groups: list[OperatorGroup] = block_operators(block, *_first_call(calls[0], hidden[0], device))
         modules = [block.get_submodule(g.operators[0].name) for g in groups]
-        need_dense_copy = error_correction and (len(groups) > 1 or (block_inputs == "dense" and not last))
+        need_dense_copy = error_correction and (
+            len(groups) > 1 or dense_hidden is not None or (block_inputs == "dense" and not last))
         dense = copy.deepcopy(block) if need_dense_copy else None
         next_hidden: list[torch.Tensor] | None = None if last else []
 
@@ -524,7 +543,13 @@ def _prune_block(
             for gi, g in enumerate(groups):
                 acc = new_acc(g)
                 for b in range(n_batches):
-                    if gi == 0 or dense is None:
+                    if dense_hidden is not None:
+                        # target from the dense model's own stream, input from the pruned one
+                        x = input_of(dense, dense.get_submodule(g.operators[0].name), calls[b], dense_hidden[b], device)
+                        x_star = input_of(block, modules[gi], calls[b], hidden[b], device)
+                        acc.add(x, x_star)
+                        del x, x_star
+                    elif gi == 0 or dense is None:
                         # Nothing of this block is pruned yet: X* = X.
                         acc.add(input_of(block, modules[gi], calls[b], hidden[b], device))
                     else:
@@ -535,11 +560,14 @@ def _prune_block(
                 _prune_group(g, gi, acc, index, pat, method, damp, warm_start, refit, solver_options, report, bar)
                 del acc
 
+        next_dense: list[torch.Tensor] | None = None
         if next_hidden is not None and not (not error_correction and block_inputs == "dense"):
-            source = block if block_inputs == "pruned" else dense
+            source = block if block_inputs in ("pruned", "corrected") else dense
             for b in range(n_batches):
                 next_hidden.append(run_block(source, calls[b], hidden[b], device))
-        return next_hidden
+            if dense_hidden is not None:
+                next_dense = [run_block(dense, calls[b], dense_hidden[b], device) for b in range(n_batches)]
+        return next_hidden, next_dense
     finally:
         block.to(home)
 
