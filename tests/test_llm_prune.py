@@ -24,6 +24,23 @@ def _block_weights(model):
     return out
 
 
+def _recording_accumulator(captured):
+    """An accumulator class that also keeps every (X, X*) batch it is given, in ``captured``."""
+
+    class Recording(fistaopt.problems.LayerStatsAccumulator):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.xs, self.x_stars = [], []
+            captured.append(self)
+
+        def add(self, X, X_star=None):
+            self.xs.append(X.detach().clone())
+            self.x_stars.append(None if X_star is None else X_star.detach().clone())
+            super().add(X, X_star)
+
+    return Recording
+
+
 def _check_pattern(model, pattern):
     weights = _block_weights(model)
     assert weights
@@ -82,17 +99,7 @@ def test_wanda_and_sparsegpt_reconstruct_better_than_magnitude(block_inputs):
 def test_error_corrected_statistics_of_o_proj():
     """X* of o_proj is its input computed with pruned q/k/v; X the dense input."""
     captured = []
-
-    class Recording(fistaopt.problems.LayerStatsAccumulator):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.xs, self.x_stars = [], []
-            captured.append(self)
-
-        def add(self, X, X_star=None):
-            self.xs.append(X.detach().clone())
-            self.x_stars.append(None if X_star is None else X_star.detach().clone())
-            super().add(X, X_star)
+    Recording = _recording_accumulator(captured)
 
     dense = tiny_model("llama", scale=5.0)
     model = copy.deepcopy(dense)
@@ -241,17 +248,7 @@ def test_calibration_list_of_batches():
 def test_corrected_mode_targets_the_dense_model():
     """In block 1, X is the dense model's input of the operator and X* the pruned model's."""
     captured = []
-
-    class Recording(fistaopt.problems.LayerStatsAccumulator):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.xs, self.x_stars = [], []
-            captured.append(self)
-
-        def add(self, X, X_star=None):
-            self.xs.append(X.detach().clone())
-            self.x_stars.append(None if X_star is None else X_star.detach().clone())
-            super().add(X, X_star)
+    Recording = _recording_accumulator(captured)
 
     dense = tiny_model("llama", scale=5.0)
     model = copy.deepcopy(dense)
