@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--block-inputs", choices=("dense", "pruned"), default="dense")
+    p.add_argument("--block-inputs", choices=("dense", "pruned", "corrected"), default="pruned",
+                   help="hidden states entering each block: pruned (default, measured best), dense (the paper's parallel mode), corrected")
     p.add_argument("--no-error-correction", action="store_true")
     p.add_argument("--checkpoint-dir", default=None, help="save/resume after every block")
     p.set_defaults(func=cmd_prune)

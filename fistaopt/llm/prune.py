@@ -19,8 +19,11 @@ the CPU in its dtype):
    Then every operator of the group is pruned (a solver via
    :func:`fistaopt.layer.prune_layer`, or a baseline from :mod:`fistaopt.llm.baselines`)
    and its weight overwritten.
-4. The next block's input is the output of the dense block (``block_inputs="dense"``,
-   the paper's mode) or of the pruned block (``"pruned"``, the SparseGPT/Wanda mode).
+4. The next block's input is the output of the pruned block (``block_inputs="pruned"``,
+   the default and the SparseGPT/Wanda mode), of the dense block (``"dense"``, the
+   paper's parallel mode), or both streams are carried (``"corrected"``: the target comes
+   from the dense model).  Measured on SmolLM2-135M (docs/pruning.md): pruned < dense ≪
+   corrected in perplexity.
 
 With ``checkpoint_dir``, the pruned block's state and the next block's inputs are
 saved atomically after every block; a rerun with the same settings resumes there and
@@ -318,7 +321,7 @@ def prune(
     pattern: str = "unstructured",
     method: str = "fista",
     error_correction: bool = True,
-    block_inputs: str = "dense",
+    block_inputs: str = "pruned",
     device: torch.device | str | None = None,
     batch_size: int = 8,
     damp: float = 0.01,
@@ -329,6 +332,7 @@ def prune(
     stats_dtype: torch.dtype = torch.float32,
     callback: Callable[[int, PruneReport], None] | None = None,
     blocks: Sequence[int] | None = None,
+    skip_tokens: int = 0,
     **solver_options: Any,
 ) -> PruneReport:
     """Prune every linear operator in the decoder blocks of ``model`` in place.
@@ -359,6 +363,10 @@ def prune(
         callback: ``callback(block_index, report)`` after each block (and its checkpoint).
         blocks: indices of the blocks to prune (default: all); the others stay dense, and
             the loop ends after the last selected block.
+        skip_tokens: leave the first ``skip_tokens`` positions of every calibration
+            sequence out of the statistics (the first token of a sequence carries the
+            "attention sink" activations, orders of magnitude larger than the rest, which
+            otherwise dominate ``H``); applies to every method.
         **solver_options: passed to :func:`fistaopt.layer.prune_layer`.
 
     Returns a :class:`PruneReport`.
@@ -385,6 +393,8 @@ def prune(
     if warm_start == "auto":
         model_type = getattr(getattr(model, "config", None), "model_type", "")
         warm_start = "sparsegpt" if model_type == "opt" else "wanda"
+    if isinstance(skip_tokens, bool) or not isinstance(skip_tokens, int) or skip_tokens < 0:
+        raise ValueError(f"skip_tokens must be an int >= 0, got {skip_tokens!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(damp, (int, float)) or damp < 0:
@@ -423,6 +433,7 @@ def prune(
         "block_inputs": block_inputs,
         "batch_size": batch_size,
         "damp": float(damp),
+        "skip_tokens": skip_tokens,
         "warm_start": warm_start if method not in baselines.BASELINES else None,
         "refit": bool(refit),
         "stats_dtype": str(stats_dtype),
@@ -456,7 +467,10 @@ def prune(
     total_ops = sum(len(linear_modules(blocks[i])) for i in selected if i >= start)
     bar = tqdm(total=total_ops, desc=f"prune {method}", unit="op", disable=not progress)
     try:
+        on_cuda = exec_device.type == "cuda"
         for i in range(start, selected[-1] + 1):
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(exec_device)
             if i not in selected:  # a dense block: just pass the calibration inputs through
                 calls = [c[i] for c in inputs.calls]
                 hidden = _pass_through(blocks[i], calls, hidden, exec_device)
@@ -467,8 +481,12 @@ def prune(
                     blocks[i], i, inputs, hidden, dense_hidden, pat, method,
                     error_correction=bool(error_correction), block_inputs=block_inputs, device=exec_device,
                     damp=float(damp), warm_start=warm_start, refit=bool(refit), stats_dtype=stats_dtype,
+                    skip_tokens=skip_tokens,
                     solver_options=solver_options, report=report, bar=bar, last=(i == selected[-1]),
                 )
+            if on_cuda:  # what one block needed on the accelerator (weights, copies, statistics)
+                peak = report.totals.setdefault("peak_device_bytes_per_block", {})
+                peak[str(i)] = int(torch.cuda.max_memory_allocated(exec_device))
             if ckpt is not None:
                 both = hidden if dense_hidden is None or hidden is None else {"pruned": hidden, "dense": dense_hidden}
                 ckpt.save(i, blocks[i], both, report.records)
@@ -500,6 +518,7 @@ def _prune_block(
     stats_dtype: torch.dtype,
     solver_options: dict[str, Any],
     report: PruneReport,
+    skip_tokens: int = 0,
     bar: Any,
     last: bool,
 ) -> list[torch.Tensor] | None:
@@ -534,7 +553,7 @@ def _prune_block(
                 else:
                     xs = inputs_of_many(block, modules, calls[b], hidden[b], device)
                 for acc, x in zip(accs, xs):
-                    acc.add(x)
+                    acc.add(_skip(x, skip_tokens))
                 del xs
             for gi, (g, acc) in enumerate(zip(groups, accs)):
                 _prune_group(g, gi, acc, index, pat, method, damp, warm_start, refit, solver_options, report, bar)
@@ -547,15 +566,15 @@ def _prune_block(
                         # target from the dense model's own stream, input from the pruned one
                         x = input_of(dense, dense.get_submodule(g.operators[0].name), calls[b], dense_hidden[b], device)
                         x_star = input_of(block, modules[gi], calls[b], hidden[b], device)
-                        acc.add(x, x_star)
+                        acc.add(_skip(x, skip_tokens), _skip(x_star, skip_tokens))
                         del x, x_star
                     elif gi == 0 or dense is None:
                         # Nothing of this block is pruned yet: X* = X.
-                        acc.add(input_of(block, modules[gi], calls[b], hidden[b], device))
+                        acc.add(_skip(input_of(block, modules[gi], calls[b], hidden[b], device), skip_tokens))
                     else:
                         x = input_of(dense, dense.get_submodule(g.operators[0].name), calls[b], hidden[b], device)
                         x_star = input_of(block, modules[gi], calls[b], hidden[b], device)
-                        acc.add(x, x_star)
+                        acc.add(_skip(x, skip_tokens), _skip(x_star, skip_tokens))
                         del x, x_star
                 _prune_group(g, gi, acc, index, pat, method, damp, warm_start, refit, solver_options, report, bar)
                 del acc
@@ -570,6 +589,15 @@ def _prune_block(
         return next_hidden, next_dense
     finally:
         block.to(home)
+
+
+def _skip(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x (batch, seq, d)`` without its first ``k`` positions (tokens) when ``k > 0``."""
+    if k <= 0 or x.ndim < 3:
+        return x
+    if k >= x.shape[1]:
+        raise ValueError(f"skip_tokens={k} leaves no token of a calibration sequence of length {x.shape[1]}")
+    return x[:, k:]
 
 
 @torch.no_grad()
