@@ -209,6 +209,8 @@ def test_report_to_json(tmp_path):
         (dict(pattern="bogus"), ValueError, "pattern"),
         (dict(block_inputs="mixed"), ValueError, "block_inputs"),
         (dict(block_inputs="corrected", error_correction=False), ValueError, "error_correction"),
+        (dict(skip_tokens=-1), ValueError, "skip_tokens"),
+        (dict(skip_tokens=8), ValueError, "skip_tokens"),
         (dict(batch_size=0), ValueError, "batch_size"),
         (dict(warm_start="obs"), ValueError, "warm_start"),
     ],
@@ -278,3 +280,17 @@ def test_corrected_mode_targets_the_dense_model():
     X_star = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.x_stars])
     torch.testing.assert_close(X, q_input(dense), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(X_star, q_input(hybrid), rtol=1e-5, atol=1e-5)
+
+
+def test_skip_tokens_leaves_first_positions_out_of_the_statistics():
+    captured = []
+    Recording = _recording_accumulator(captured)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", Recording)
+    try:
+        report = prune(tiny_model("llama"), calib(4, 16), method="wanda", skip_tokens=2, progress=False, batch_size=4)
+    finally:
+        mp.undo()
+    assert report.settings["skip_tokens"] == 2
+    assert all(x.shape[1] == 14 for acc in captured for x in acc.xs)
+    assert all(acc.n_tokens == 4 * 14 for acc in captured)

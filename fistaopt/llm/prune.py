@@ -403,6 +403,9 @@ def prune(
         raise ValueError(f"stats_dtype must be torch.float32 or torch.float64, got {stats_dtype}")
     pat = _resolve_pattern(pattern, sparsity)
     batches = _calibration_batches(calibration, batch_size, _vocab_size(model))
+    if skip_tokens >= min(int(b.shape[1]) for b in batches):
+        raise ValueError(f"skip_tokens={skip_tokens} leaves no token of the calibration sequences "
+                         f"(seqlen {min(int(b.shape[1]) for b in batches)})")
 
     selected_blocks = blocks
     _, blocks = find_blocks(model)
