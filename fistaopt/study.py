@@ -107,11 +107,17 @@ def problem_set(
     return out
 
 
-def load_problem_dir(path: str | os.PathLike, *, pattern: str = "*.pt") -> list[NamedProblem]:
+def load_problem_dir(
+    path: str | os.PathLike, *, pattern: str = "*.pt", lam_ratio: float | None = None,
+    dtype: torch.dtype | None = torch.float64,
+) -> list[NamedProblem]:
     """Every problem saved by :meth:`LassoProblem.save` in ``path`` (sorted by file name).
 
     The name of each problem is its file stem; its metadata is what was saved with it
-    (for captured layers e.g. ``block``, ``operator``).
+    (for captured layers e.g. ``block``, ``operator``).  Captured layer statistics carry
+    ``λ = 0``; with ``lam_ratio`` such problems get ``λ_i = lam_ratio · λ_max,i`` (a
+    problem saved with a non-zero λ keeps it).  ``dtype`` (float64 by default) is the
+    dtype the statistics are studied in: float32 statistics certify only to ~1e-4.
 
     Raises:
         ValueError: ``path`` is not a directory or holds no matching file.
@@ -125,7 +131,14 @@ def load_problem_dir(path: str | os.PathLike, *, pattern: str = "*.pt") -> list[
     out = []
     for f in files:
         prob = LassoProblem.load(f)
-        out.append(NamedProblem(f.stem, prob, dict(getattr(prob, "metadata", {}) or {})))
+        meta = dict(getattr(prob, "metadata", {}) or {})
+        if dtype is not None:
+            prob = prob.to(dtype=dtype)
+        if lam_ratio is not None and not bool((prob.lam != 0).any()):
+            prob = prob.with_lam(lam_ratio * prob.lam_max())
+            meta["lam_ratio"] = lam_ratio
+        prob.metadata = meta
+        out.append(NamedProblem(f.stem, prob, meta))
     return out
 
 

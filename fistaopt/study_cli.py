@@ -64,7 +64,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--d-out", type=int, default=32)
     p.add_argument("--d-in", type=int, default=64)
     p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
-    p.add_argument("--lam-ratio", type=float, default=0.1, help="λ = ratio · λ_max per row (synthetic problems)")
+    p.add_argument("--lam-ratio", type=float, default=0.1, help="λ = ratio · λ_max per row (synthetic problems, and saved layer problems with λ = 0)")
     p.add_argument("--tol", type=float, default=1e-8, help="target relative duality gap")
     p.add_argument("--max-iter", type=int, default=2000)
     p.add_argument("--time-limit", type=float, default=None, help="seconds per solve")
@@ -116,7 +116,7 @@ def _build_compare_inputs(args: argparse.Namespace) -> tuple[list[Any], list[Any
         if kinds:
             problems += problem_set(kinds, d_out=args.d_out, d_in=args.d_in, seeds=args.seeds, lam_ratio=args.lam_ratio)
         if args.problem_dir:
-            problems += load_problem_dir(args.problem_dir)
+            problems += load_problem_dir(args.problem_dir, lam_ratio=args.lam_ratio)
     except ValueError as e:
         raise StudyUsageError(str(e)) from None
     return problems, specs

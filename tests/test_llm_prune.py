@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import fistaopt
 import fistaopt.problems
 from fistaopt.llm import find_blocks, prune, save_pruned
 from fistaopt.llm.model import linear_modules, model_operators
@@ -294,3 +295,15 @@ def test_skip_tokens_leaves_first_positions_out_of_the_statistics():
     assert report.settings["skip_tokens"] == 2
     assert all(x.shape[1] == 14 for acc in captured for x in acc.xs)
     assert all(acc.n_tokens == 4 * 14 for acc in captured)
+
+
+def test_save_problems_writes_loadable_layer_problems(tmp_path):
+    model = tiny_model("llama")
+    prune(model, calib(4, 16), method="wanda", save_problems=tmp_path / "probs", progress=False)
+    files = sorted((tmp_path / "probs").glob("*.pt"))
+    assert len(files) == 14  # 2 blocks x 7 operators
+    prob = fistaopt.LassoProblem.load(files[0])
+    assert prob.metadata["block"] in (0, 1) and prob.H.shape[0] == prob.d_in
+    prob64 = prob.to(dtype=torch.float64)  # float32 statistics: certify in float64
+    res = fistaopt.solve(prob64.with_lam(0.1 * prob64.lam_max()), "fista", tol=1e-6, max_iter=3000)
+    assert res.converged

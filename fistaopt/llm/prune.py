@@ -333,6 +333,7 @@ def prune(
     callback: Callable[[int, PruneReport], None] | None = None,
     blocks: Sequence[int] | None = None,
     skip_tokens: int = 0,
+    save_problems: str | os.PathLike[str] | None = None,
     **solver_options: Any,
 ) -> PruneReport:
     """Prune every linear operator in the decoder blocks of ``model`` in place.
@@ -367,6 +368,10 @@ def prune(
             sequence out of the statistics (the first token of a sequence carries the
             "attention sink" activations, orders of magnitude larger than the rest, which
             otherwise dominate ``H``); applies to every method.
+        save_problems: a folder: every operator's layer problem (``H, G, c`` with the
+            damping used, before pruning) is saved there as ``block<i>.<name>.pt``
+            (:meth:`fistaopt.LassoProblem.save`, metadata block/operator/shape), for
+            solver studies on real statistics (``fistaopt compare --problem-dir``).
         **solver_options: passed to :func:`fistaopt.layer.prune_layer`.
 
     Returns a :class:`PruneReport`.
@@ -437,6 +442,7 @@ def prune(
         "batch_size": batch_size,
         "damp": float(damp),
         "skip_tokens": skip_tokens,
+        "save_problems": None if save_problems is None else str(save_problems),
         "warm_start": warm_start if method not in baselines.BASELINES else None,
         "refit": bool(refit),
         "stats_dtype": str(stats_dtype),
@@ -655,6 +661,12 @@ def _prune_group(
     for op in group.operators:
         bar.set_postfix_str(f"block {block_index} {op.name}")
         W0 = op.get_weight().to(acc.H.device)
+        folder = report.settings.get("save_problems")
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            acc.to_problem(W0, 0.0, damp=damp).save(
+                Path(folder) / f"block{block_index:02d}.{op.name}.pt",
+                block=block_index, operator=op.name, shape=list(op.shape), damp=damp)
         t0 = time.perf_counter()
         W, info = _prune_operator(
             W0, acc, pat, method, damp=damp, warm_start=warm_start, refit=refit, solver_options=dict(solver_options)
