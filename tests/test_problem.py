@@ -63,9 +63,13 @@ def test_from_layer_with_x_star():
     # without X_star: X* = X and W0 itself has zero residual
     q = LassoProblem.from_layer(W0, X)
     assert q.objective(W0) == pytest.approx(0.0, abs=1e-10 * float(q.c.sum()))
-    # damping adds damp · mean(diag H) · I
+    # damping adds the ridge ½δ‖W − W₀‖², δ = damp · mean(diag H): toward W₀, not toward 0
     qd = LassoProblem.from_layer(W0, X, damp=0.01)
-    torch.testing.assert_close(qd.H, q.H + 0.01 * torch.diagonal(q.H).mean() * torch.eye(6, dtype=f64))
+    delta = 0.01 * torch.diagonal(q.H).mean()
+    torch.testing.assert_close(qd.H, q.H + delta * torch.eye(6, dtype=f64))
+    assert qd.objective(W0) == pytest.approx(0.0, abs=1e-10 * float(qd.c.sum()))
+    assert qd.objective(W) == pytest.approx(q.objective(W) + 0.5 * float(delta) * float(((W - W0) ** 2).sum()),
+                                            rel=1e-10)
 
 
 def test_layer_accumulator_streaming_equals_one_shot():

@@ -84,7 +84,8 @@ class LayerStatsAccumulator:
 
         ``G = W₀ C``, ``c_i = w₀ᵢ D w₀ᵢᵀ``; with ``normalize`` every statistic is divided
         by the token count (a per-token objective, so ``λ`` does not depend on the
-        calibration size).  ``damp`` adds ``damp · mean(diag H) · I`` to ``H``.
+        calibration size).  ``damp`` adds the ridge ``½δ‖W − W₀‖²`` with
+        ``δ = damp · mean(diag H)`` (``H += δI``, ``G += δW₀``, ``c += δ‖w₀ᵢ‖²``).
         """
         if self.n_tokens == 0:
             raise ValueError("no tokens were accumulated; call add() before to_problem()")
@@ -101,7 +102,13 @@ class LayerStatsAccumulator:
         G = W0 @ C
         c = ((W0 @ D) * W0).sum(1).clamp_min(0)
         if damp > 0:
-            H = H + damp * torch.diagonal(H).mean() * torch.eye(self.d_in, dtype=H.dtype, device=H.device)
+            # ridge toward the dense weight, ½δ‖W − W₀‖² (SparseGPT's damping of the
+            # Hessian of ‖(W − W₀)Xᵀ‖²), not toward zero: δ enters H, G and c together,
+            # so the unpruned minimizer stays W₀ when X* = X.
+            delta = damp * torch.diagonal(H).mean()
+            H = H + delta * torch.eye(self.d_in, dtype=H.dtype, device=H.device)
+            G = G + delta * W0
+            c = c + delta * (W0 * W0).sum(1)
         return LassoProblem(H=H, G=G, c=c, lam=lam, **kwargs)
 
 

@@ -158,8 +158,8 @@ class LassoProblem:
     ) -> "LassoProblem":
         """Error-corrected layer problem: target ``X W₀ᵀ``, input ``X*`` (``X`` if None).
 
-        ``W0 (d_out, d_in)``, ``X, X_star (n, d_in)``.  ``damp`` adds
-        ``damp · mean(diag H) · I`` to ``H`` (relative damping, as SparseGPT).
+        ``W0 (d_out, d_in)``, ``X, X_star (n, d_in)``.  ``damp`` adds the ridge
+        ``½δ‖W − W₀‖²``, ``δ = damp · mean(diag H)`` (relative damping, as SparseGPT).
         """
         from fistaopt.problems.accumulate import LayerStatsAccumulator
 
