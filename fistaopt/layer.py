@@ -52,7 +52,7 @@ class LayerResult:
         n_iter: solver iterations in total (λ search + final solve).
         refit_iter: conjugate-gradient iterations of the refit.
         seconds: wall-clock seconds.
-        chosen: fraction of rows whose final mask came from the ℓ1 solution (vs the warm start).
+        chosen: fraction of rows improved by the ℓ1 rounds (rows that kept their start: the rest).
         info: extra numbers (search steps, per-candidate errors).
     """
 
@@ -327,7 +327,7 @@ def prune_layer(
         mask = project(_rounding_scores(best, work.H), pat)
         best = best * mask
     err = float(plain.relative_error(best))
-    info.update(start_error=start_error, rows_improved=float(improved.float().mean()))
+    info.update(start_error=start_error)
     seconds = time.perf_counter() - start
     logger.debug("prune_layer %s: start %.4g final %.4g (%.2fs)", pat, start_error, err, seconds)
     return LayerResult(
@@ -367,7 +367,8 @@ def _full_mask(W: torch.Tensor, mask: torch.Tensor, pat: Pattern, problem: Lasso
     """The pattern mask of ``W``: its non-zeros, topped up to the pattern's count when
     the refit left exact zeros (so the mask always has the pattern's exact density)."""
     nz = W != 0
-    scores = _rounding_scores(W, problem.H) + nz.to(W.dtype) * (1 + _rounding_scores(W, problem.H).max())
+    base = _rounding_scores(W, problem.H)
+    scores = base + nz.to(W.dtype) * (1 + base.max())
     full = project(scores, pat)
     return full | nz
 

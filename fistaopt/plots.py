@@ -92,17 +92,23 @@ def plot_gap(
         _draw(ax, xs, _positive(tr.rel_gap), f"{label} (final {final:.1e}, {n} it)")
     if tol is not None and tol > 0:
         ax.axhline(tol, color="0.5", linestyle="--", linewidth=1, label=f"tol {tol:.0e}")
+    _style_log_axes(ax, traces, x, logx, "relative duality gap", legend, title)
+    return fig
+
+
+def _style_log_axes(ax: "Axes", traces: Mapping[str, "Trace"], x: str, logx: bool | None, ylabel: str,
+                    legend: bool, title: str | None) -> None:
+    """Log y (and log x when the runs span decades), labels, grid, legend and title."""
     ax.set_yscale("log")
     if _want_logx(traces, x, logx):
         ax.set_xscale("log")
     ax.set_xlabel(_X_LABELS[x])
-    ax.set_ylabel("relative duality gap")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
     if legend:
         ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
-    return fig
 
 
 def _want_logx(traces: Mapping[str, "Trace"], x: str, logx: bool | None) -> bool:
@@ -139,16 +145,7 @@ def plot_suboptimality(
         sub = [o - reference for o in tr.objective]
         final = sub[-1] if sub else math.nan
         _draw(ax, tr.iteration, _positive(sub), f"{label} (final {final:.1e})")
-    ax.set_yscale("log")
-    if _want_logx(traces, "iteration", logx):
-        ax.set_xscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("P(W_k) − P_ref")
-    ax.grid(True, which="major", alpha=0.3)
-    if legend:
-        ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
+    _style_log_axes(ax, traces, "iteration", logx, "P(W_k) − P_ref", legend, title)
     return fig
 
 

@@ -122,13 +122,18 @@ def _build_compare_inputs(args: argparse.Namespace) -> tuple[list[Any], list[Any
     return problems, specs
 
 
+def _exit_code(command: str, body: Any, args: argparse.Namespace) -> int:
+    """Run ``body(args)``; a :class:`StudyUsageError` becomes one line on stderr and exit code 2."""
+    try:
+        return body(args)
+    except StudyUsageError as e:
+        print(f"fistaopt {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
 def run_compare(args: argparse.Namespace) -> int:
     """Body of ``fistaopt compare``; returns the exit code."""
-    try:
-        return _run_compare(args)
-    except StudyUsageError as e:
-        print(f"fistaopt compare: error: {e}", file=sys.stderr)
-        return 2
+    return _exit_code("compare", _run_compare, args)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -173,11 +178,7 @@ def add_plot_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_plot(args: argparse.Namespace) -> int:
     """Body of ``fistaopt plot``; returns the exit code."""
-    try:
-        return _run_plot(args)
-    except StudyUsageError as e:
-        print(f"fistaopt plot: error: {e}", file=sys.stderr)
-        return 2
+    return _exit_code("plot", _run_plot, args)
 
 
 def _run_plot(args: argparse.Namespace) -> int:

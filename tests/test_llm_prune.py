@@ -42,6 +42,28 @@ def _recording_accumulator(captured):
     return Recording
 
 
+def _operator_input(model, name, ids):
+    """The input of submodule ``name`` in a plain forward of ``model`` on ``ids``, as (tokens, d_in)."""
+    seen = []
+    h = model.get_submodule(name).register_forward_pre_hook(lambda mod, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    h.remove()
+    return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+def _prune_recording(model, ids, **kwargs):
+    """``prune(model, ids, **kwargs)`` while recording every accumulator: ``(accumulators, report)``."""
+    captured = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", _recording_accumulator(captured))
+    try:
+        report = prune(model, ids, progress=False, **kwargs)
+    finally:
+        mp.undo()
+    return captured, report
+
+
 def _check_pattern(model, pattern):
     weights = _block_weights(model)
     assert weights
@@ -99,29 +121,16 @@ def test_wanda_and_sparsegpt_reconstruct_better_than_magnitude(block_inputs):
 
 def test_error_corrected_statistics_of_o_proj():
     """X* of o_proj is its input computed with pruned q/k/v; X the dense input."""
-    captured = []
-    Recording = _recording_accumulator(captured)
-
     dense = tiny_model("llama", scale=5.0)
     model = copy.deepcopy(dense)
     ids = calib(4, 16)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", Recording)
-    try:
-        prune(model, ids, method="wanda", error_correction=True, progress=False, batch_size=2)
-    finally:
-        mp.undo()
+    captured, _ = _prune_recording(model, ids, method="wanda", error_correction=True, batch_size=2)
     acc = captured[1]  # block 0, group 1 = o_proj
     X = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.xs])
     X_star = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.x_stars])
 
     def o_proj_input(m):
-        seen = []
-        h = m.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0]))
-        with torch.no_grad():
-            m(ids, use_cache=False)
-        h.remove()
-        return seen[0].reshape(-1, seen[0].shape[-1])
+        return _operator_input(m, "model.layers.0.self_attn.o_proj", ids)
 
     # independent computation: dense model with only block 0's q/k/v replaced by the pruned ones
     hybrid = copy.deepcopy(dense)
@@ -250,30 +259,17 @@ def test_calibration_list_of_batches():
 
 def test_corrected_mode_targets_the_dense_model():
     """In block 1, X is the dense model's input of the operator and X* the pruned model's."""
-    captured = []
-    Recording = _recording_accumulator(captured)
-
     dense = tiny_model("llama", scale=5.0)
     model = copy.deepcopy(dense)
     ids = calib(4, 16)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", Recording)
-    try:
-        report = prune(model, ids, method="wanda", block_inputs="corrected", progress=False, batch_size=4)
-    finally:
-        mp.undo()
+    captured, report = _prune_recording(model, ids, method="wanda", block_inputs="corrected", batch_size=4)
     _check_pattern(model, "unstructured")
     assert report.settings["block_inputs"] == "corrected"
     n_groups = len(captured) // 2
     acc = captured[n_groups]  # block 1, group 0 (q, k, v)
 
     def q_input(m):
-        seen = []
-        h = m.model.layers[1].self_attn.q_proj.register_forward_pre_hook(lambda mod, a: seen.append(a[0]))
-        with torch.no_grad():
-            m(ids, use_cache=False)
-        h.remove()
-        return seen[0].reshape(-1, seen[0].shape[-1])
+        return _operator_input(m, "model.layers.1.self_attn.q_proj", ids)
 
     hybrid = copy.deepcopy(dense)  # block 0 pruned, block 1 dense: the pruned model's stream into block 1
     hybrid.model.layers[0].load_state_dict(model.model.layers[0].state_dict())
@@ -284,14 +280,7 @@ def test_corrected_mode_targets_the_dense_model():
 
 
 def test_skip_tokens_leaves_first_positions_out_of_the_statistics():
-    captured = []
-    Recording = _recording_accumulator(captured)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", Recording)
-    try:
-        report = prune(tiny_model("llama"), calib(4, 16), method="wanda", skip_tokens=2, progress=False, batch_size=4)
-    finally:
-        mp.undo()
+    captured, report = _prune_recording(tiny_model("llama"), calib(4, 16), method="wanda", skip_tokens=2, batch_size=4)
     assert report.settings["skip_tokens"] == 2
     assert all(x.shape[1] == 14 for acc in captured for x in acc.xs)
     assert all(acc.n_tokens == 4 * 14 for acc in captured)
