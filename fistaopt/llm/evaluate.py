@@ -7,6 +7,11 @@ predicted from its prefix, and
     ppl = exp( Σ_windows Σ_t NLL_t  /  (n_windows · (seqlen − 1)) ),
 
 the exponential of the mean negative log-likelihood over all predicted tokens.
+
+Models trained with a BOS token at the start of every sequence (Llama 2/3, Gemma,
+Mistral) are evaluated with ``bos_token_id`` set: each window is then BOS followed by
+``seqlen − 1`` text tokens, so a window still holds ``seqlen`` tokens and ``seqlen − 1``
+predictions (BOS itself is never predicted), and ``n_windows = n_tokens // (seqlen − 1)``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def perplexity(
     batch_size: int = 1,
     device: torch.device | str | None = None,
     progress: bool = False,
+    bos_token_id: int | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on ``tokens`` (1-D LongTensor, or (1, n)).
 
@@ -59,6 +65,8 @@ def perplexity(
         batch_size: windows per forward.
         device: where to run (default: where the model is). The model is moved there.
         progress: show a tqdm bar over batches.
+        bos_token_id: when given, every window starts with this token followed by
+            ``seqlen − 1`` text tokens (see :func:`fistaopt.llm.data.bos_token_id`).
 
     Returns a :class:`PerplexityResult` (``float(result)`` is the perplexity).
     """
@@ -78,10 +86,15 @@ def perplexity(
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         tokens = tokens[:max_tokens]
-    n_windows = tokens.numel() // seqlen
+    if bos_token_id is not None and (isinstance(bos_token_id, bool) or not isinstance(bos_token_id, int) or bos_token_id < 0):
+        raise ValueError(f"bos_token_id must be a non-negative int or None, got {bos_token_id!r}")
+    text_len = seqlen if bos_token_id is None else seqlen - 1
+    n_windows = tokens.numel() // text_len
     if n_windows == 0:
-        raise ValueError(f"need at least seqlen = {seqlen} tokens, got {tokens.numel()}")
-    windows = tokens[: n_windows * seqlen].long().view(n_windows, seqlen)
+        raise ValueError(f"need at least {text_len} tokens for one window of seqlen {seqlen}, got {tokens.numel()}")
+    windows = tokens[: n_windows * text_len].long().view(n_windows, text_len)
+    if bos_token_id is not None:
+        windows = torch.cat([torch.full((n_windows, 1), bos_token_id, dtype=torch.long), windows], dim=1)
 
     if device is not None:
         model.to(device)
