@@ -144,17 +144,49 @@ def load_model(
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
     path = default_model_path() if path_or_name is None else path_or_name
-    p = Path(path).expanduser()
-    if p.suffix.lower() == ".gguf":
-        folder: str | Path = convert_gguf(p, cache_dir=cache_dir)
-    elif p.exists():
-        folder = p
-    else:
-        folder = str(path)  # a hub name (only works with a populated HF cache)
+    folder = resolve_model_source(path)
+    if isinstance(folder, Path) and folder.suffix.lower() == ".gguf":
+        folder = convert_gguf(folder, cache_dir=cache_dir)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
     return model, tokenizer
+
+
+def resolve_model_source(path_or_name: str | os.PathLike[str]) -> Path | str:
+    """Where a model comes from: an existing local folder or GGUF file (a ``Path``), or a hub id.
+
+    A hub id (``name`` or ``namespace/name``) is returned as a string only when it is
+    already in the local Hugging Face cache, since these machines reach no hub. Anything
+    else raises ``FileNotFoundError`` with one line that names the path.
+    """
+    text = str(path_or_name)
+    p = Path(text).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {p} has no config.json: not a Hugging Face model folder")
+        if p.is_file() and p.suffix.lower() != ".gguf":
+            raise FileNotFoundError(f"model file {p} is not a .gguf file; pass a Hugging Face model folder or a GGUF file")
+        return p
+    looks_like_hub_id = (
+        not p.suffix and text.count("/") <= 1 and not text.startswith((".", "/", "~")) and " " not in text and text != ""
+    )
+    if looks_like_hub_id and _in_hub_cache(text):
+        return text
+    hint = " (a hub id needs network access or a populated Hugging Face cache)" if looks_like_hub_id else ""
+    raise FileNotFoundError(f"no such model folder or file: {text}{hint}")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """True when the config of hub model ``repo_id`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # malformed ids are simply not cached
+        return False
 
 
 def save_pruned(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], report: Any = None, *, overwrite: bool = True) -> Path:
