@@ -321,6 +321,10 @@ class LassoProblem:
             return torch.ones(self.d_in, dtype=dtype, device=self.device)
         return self.penalty_weights.to(dtype)
 
+    def column_weights(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The ℓ1 column weights ``ω`` of shape ``(d_in,)`` (ones without ``penalty_weights``)."""
+        return self._omega(dtype or self.dtype)
+
     def threshold(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Entry-wise ℓ1 weights ``λ_i ω_j``, shape ``(*batch, d_out, d_in)`` (broadcast)."""
         dtype = dtype or self.dtype

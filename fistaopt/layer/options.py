@@ -1,0 +1,115 @@
+"""The options of :func:`fistaopt.layer.prune_layer`: defaults and checks, once.
+
+Two kinds of options reach a layer prune:
+
+- :class:`LayerOptions`: how the layer is pruned (refit, ℓ1 rounds, λ rule, ...);
+- solver options: passed to the ℓ1 solver (``precondition``, ``device``, ``dtype``,
+  ``rho`` ...), checked against the solver's own option names by
+  :func:`check_solver_options`.  The iteration budget and the stopping rule
+  (``tol``, ``max_iter``, ``check_every``, ``warn``, ``callback``) belong to the layer
+  prune (``round_iter``, ``search_iter``: a fixed number of iterations per solve), so
+  passing them is an error rather than being silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+#: Solver options that :func:`~fistaopt.layer.prune_layer` sets itself.
+LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit")
+PENALTIES = ("l1", "scaled")
+LAM_RULES = ("quantile", "xi")
+#: Solvers that certify but are too slow to prune (verifiers).
+VERIFIERS = ("cvxpy",)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """How one layer is pruned (see :func:`fistaopt.layer.prune_layer`).
+
+    Attributes:
+        refit: masked least-squares refit of the kept weights after each rounding.
+        rounds: ℓ1 rounds (solve → round → refit), each from the best point so far.
+        round_iter: solver iterations per round.
+        quantiles: per round, the quantile of the pruned-entry gradient that sets λ_i.
+        refit_iter: conjugate-gradient iterations per refit.
+        search_steps, search_iter: λ-search steps and iterations (no warm start only).
+        penalty: ``"l1"`` (plain ``λ‖W‖₁``) or ``"scaled"`` (``λ Σ_j ‖X*_j‖ |W_ij|``).
+        lam_rule: ``"quantile"`` or ``"xi"`` (the paper's rounding-error criterion).
+        xi, xi_grid: the ``xi`` rule's target ratio and candidate quantiles.
+    """
+
+    refit: bool = True
+    rounds: int = 2
+    round_iter: int = 15
+    quantiles: tuple[float, ...] = (0.9, 0.6)
+    refit_iter: int = 25
+    search_steps: int = 8
+    search_iter: int = 20
+    penalty: str = "scaled"
+    lam_rule: str = "quantile"
+    xi: float = 0.3
+    xi_grid: tuple[float, ...] = (0.5, 0.7, 0.85, 0.95)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
+        object.__setattr__(self, "xi_grid", tuple(float(q) for q in self.xi_grid))
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"refit must be True or False, got {self.refit!r}")
+        for name in ("rounds", "round_iter", "refit_iter", "search_steps", "search_iter"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
+        if self.lam_rule not in LAM_RULES:
+            raise ValueError(f"lam_rule must be one of {LAM_RULES}, got {self.lam_rule!r}")
+        if not 0.0 < float(self.xi) < 1.0:
+            raise ValueError(f"xi must be in (0, 1), got {self.xi!r}")
+        if not self.xi_grid or not self.quantiles:
+            raise ValueError("xi_grid and quantiles must not be empty")
+        if not all(0.0 <= q <= 1.0 for q in (*self.xi_grid, *self.quantiles)):
+            raise ValueError(f"xi_grid and quantiles must hold values in [0, 1], got {self.xi_grid}, {self.quantiles}")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def check_solver_options(solver: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` for the ℓ1 solver ``solver`` inside a layer prune, checked.
+
+    Raises:
+        ValueError: ``solver`` is unknown or a verifier (cvxpy), an option is controlled
+            by the layer prune, or the solver has no such option (the valid ones listed).
+    """
+    from fistaopt.solvers import solver_class
+
+    if solver in VERIFIERS:
+        raise ValueError(f"solver {solver!r} is a verifier, too slow to prune with; use another solver")
+    valid = [n for n in solver_class(solver).option_names() if n not in LAYER_CONTROLLED]
+    fixed = sorted(set(options) & set(LAYER_CONTROLLED))
+    if fixed:
+        raise ValueError(
+            f"{', '.join(fixed)}: set by the layer prune itself (a fixed number of iterations per solve: "
+            f"round_iter, search_iter), not a solver option here; valid solver options: {', '.join(valid)}"
+        )
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}; valid layer options: {', '.join(LayerOptions.names())}; "
+            f"valid {solver} options: {', '.join(valid)}"
+        )
+    return dict(options)
+
+
+def split_options(solver: str, options: Mapping[str, Any]) -> tuple[LayerOptions, dict[str, Any]]:
+    """Route flat keyword options: :class:`LayerOptions` fields, the rest to the solver (checked)."""
+    layer_keys = set(LayerOptions.names())
+    layer = LayerOptions(**{k: v for k, v in options.items() if k in layer_keys})
+    return layer, check_solver_options(solver, {k: v for k, v in options.items() if k not in layer_keys})

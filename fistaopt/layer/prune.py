@@ -1,0 +1,208 @@
+"""Prune ONE linear layer: start → ℓ1 rounds → finish.
+
+Given the layer problem ``min_W ½‖X* Wᵀ − X W₀ᵀ‖²_F + Σ λ_i ‖W_i‖₁`` (a
+:class:`~fistaopt.problems.LassoProblem` whose ``lam`` is ignored here; ``W (d_out,
+d_in)``) and a sparsity pattern:
+
+1. **Start.**  With a warm start (Wanda's or SparseGPT's weights on the pattern) its
+   mask is refit; without one, a per-row λ search on the ℓ1 path
+   (:func:`fistaopt.layer.lam.search_lam`) gives an ℓ1 solution with about the kept
+   count per row, which is rounded and refit.
+2. **Rounds.**  Each round sets a per-row λ from the gradient at the best point
+   (:mod:`fistaopt.layer.lam`), runs the ℓ1 solver from there, rounds to the pattern by
+   the scaled magnitude ``|W_ij|·√H_jj`` and refits the kept weights
+   (:func:`fistaopt.layer.refit.masked_refit`).  Rows are independent, so each row keeps
+   whichever candidate reconstructs it better (whole candidates compete for the
+   layer-scope pattern, whose rows share one budget): never worse than the start.
+3. **Finish.**  The best weights, their exact pattern mask and the relative
+   reconstruction errors ``‖X* Wᵀ − X W₀ᵀ‖² / ‖X W₀ᵀ‖²`` before and after rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import torch
+
+from fistaopt.layer.lam import quantile_round, rounding_scores, search_lam, xi_round
+from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.layer.refit import masked_refit
+from fistaopt.problems.lasso import LassoProblem
+from fistaopt.solvers import ConvergenceWarning
+from fistaopt.sparsity import Pattern, parse_pattern, project, satisfies
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerResult:
+    """The pruned layer and how it was obtained.
+
+    Attributes:
+        W: final weight ``(d_out, d_in)`` on the pattern.
+        mask: bool ``(d_out, d_in)``, True = kept.
+        lam: per-row λ used for the ℓ1 solve (float64, ``(d_out,)``; zeros for rows that kept the start).
+        rel_error_before_rounding: relative error of the (first) ℓ1 solution.
+        rel_error_rounded: relative error right after rounding it (before the refit).
+        rel_error: final relative reconstruction error.
+        n_iter: solver iterations in total (λ search + rounds).
+        refit_iter: conjugate-gradient iterations of the refits.
+        seconds: wall-clock seconds.
+        chosen: fraction of rows improved by the ℓ1 rounds (the rest kept their start).
+        info: extra numbers (start error, λ-search history).
+    """
+
+    W: torch.Tensor
+    mask: torch.Tensor
+    lam: torch.Tensor
+    rel_error_before_rounding: float
+    rel_error_rounded: float
+    rel_error: float
+    n_iter: int
+    refit_iter: int
+    seconds: float
+    chosen: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _LayerPrune:
+    """The state of one layer prune between its steps (see the module docstring)."""
+
+    def __init__(self, problem: LassoProblem, pat: Pattern, solver: str, options: LayerOptions,
+                 solver_options: Mapping[str, Any]) -> None:
+        device = solver_options.get("device")
+        work = problem.to(device=device) if device is not None else problem
+        if options.penalty == "scaled":
+            work = work.with_penalty_weights(torch.sqrt(torch.diagonal(work.H)).clamp_min(1e-12))
+        self.work = work  # the penalised problem the ℓ1 solver sees
+        self.plain = work.with_lam(0.0).with_penalty_weights(None)  # the layer objective alone
+        self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
+        self.n_iter = self.cg_iter = 0
+        self.info: dict[str, Any] = {}
+
+    def round_and_refit(self, W_l1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W_l1`` rounded to the pattern (and refit when asked): ``(W, mask)``."""
+        mask = project(rounding_scores(W_l1, self.work.H), self.pat)
+        W = W_l1 * mask
+        if self.options.refit:
+            W, it, _ = masked_refit(self.plain, mask, W, max_iter=self.options.refit_iter)
+            self.cg_iter += it
+        return W, mask
+
+    def start(self, warm_start: torch.Tensor | None) -> None:
+        """The first candidate: the refit warm start, or the rounded end of the λ search."""
+        work = self.work
+        if warm_start is not None:
+            W_l1 = work.check_W(warm_start, "warm_start")
+            if not satisfies(W_l1, self.pat):
+                raise ValueError(f"warm_start does not satisfy the pattern {self.pat}")
+            self.lam = torch.zeros(work.d_out, dtype=work.dtype, device=work.device)
+            mask = W_l1 != 0
+            self.best = W_l1 * mask
+            if self.options.refit:
+                self.best, it, _ = masked_refit(self.plain, mask, self.best, max_iter=self.options.refit_iter)
+                self.cg_iter += it
+        else:
+            keep = float(self.pat.keep_per_row(work.d_in))
+            target = torch.full((work.d_out,), keep, dtype=work.dtype, device=work.device)
+            W_zero = torch.zeros(work.w_shape, dtype=work.dtype, device=work.device)
+            self.lam, W_l1, self.n_iter, self.info["search_nnz_error"] = search_lam(
+                work, target, W_zero, solver=self.solver, steps=self.options.search_steps,
+                iters=self.options.search_iter, solver_options=self.solver_options)
+            self.best, mask = self.round_and_refit(W_l1)
+        self.err_l1 = float(self.plain.relative_error(W_l1))
+        self.err_round = float(self.plain.relative_error(W_l1 * mask))
+        self.best_obj = self.plain.objective(self.best, per_row=True)
+        self.info["start_error"] = float(self.plain.relative_error(self.best))
+        self.improved = torch.zeros(work.d_out, dtype=torch.bool, device=work.device)
+
+    def round(self, r: int) -> None:
+        """ℓ1 round ``r``: a candidate per row; each row keeps the better of it and its best."""
+        o = self.options
+        if o.lam_rule == "xi":
+            lam_r, W_r, it = xi_round(self.work, self.plain, self.best, self.pat, self.solver, o.round_iter,
+                                      o.xi, o.xi_grid, self.solver_options)
+        else:
+            lam_r, W_r, it = quantile_round(self.work, self.best, o.quantiles[r % len(o.quantiles)], self.solver,
+                                            o.round_iter, self.solver_options)
+        self.n_iter += it
+        cand, cand_mask = self.round_and_refit(W_r)
+        obj = self.plain.objective(cand, per_row=True)
+        better = obj < self.best_obj
+        if self.pat.scope == "layer":  # rows share one budget: candidates compete as a whole
+            better = torch.full_like(better, bool(obj.sum() < self.best_obj.sum()))
+        self.best = torch.where(better[:, None], cand, self.best)
+        self.best_obj = torch.minimum(obj, self.best_obj)
+        self.lam = torch.where(better, lam_r, self.lam)
+        self.improved |= better
+        if r == 0:
+            self.err_l1 = float(self.plain.relative_error(W_r))
+            self.err_round = float(self.plain.relative_error(W_r * cand_mask))
+
+    def finish(self, dtype: torch.dtype, started: float) -> LayerResult:
+        """The best weights on the exact pattern, with their mask and errors."""
+        best, H = self.best, self.work.H
+        mask = best != 0 if self.options.refit else project(rounding_scores(best, H), self.pat)
+        if not satisfies(mask, self.pat):  # refit may leave exact zeros only, never extra non-zeros
+            mask = project(rounding_scores(best, H), self.pat)
+            best = best * mask
+        err = float(self.plain.relative_error(best))
+        # the pattern mask of W: its non-zeros, topped up to the pattern's exact count
+        nz = best != 0
+        scores = rounding_scores(best, H)
+        full_mask = project(scores + nz.to(best.dtype) * (1 + scores.max()), self.pat) | nz
+        seconds = time.perf_counter() - started
+        logger.debug("prune_layer %s: start %.4g final %.4g (%.2fs)", self.pat, self.info["start_error"], err, seconds)
+        return LayerResult(
+            W=best.to(dtype), mask=full_mask, lam=self.lam.to(torch.float64),
+            rel_error_before_rounding=self.err_l1, rel_error_rounded=self.err_round, rel_error=err,
+            n_iter=self.n_iter, refit_iter=self.cg_iter, seconds=seconds,
+            chosen=float(self.improved.float().mean()), info=self.info,
+        )
+
+
+def prune_layer(
+    problem: LassoProblem,
+    pattern: Pattern | str = "unstructured",
+    *,
+    sparsity: float | None = None,
+    solver: str = "fista",
+    warm_start: torch.Tensor | None = None,
+    options: LayerOptions | None = None,
+    **overrides: Any,
+) -> LayerResult:
+    """Prune one layer to ``pattern`` (see the module docstring).
+
+    Args:
+        problem: the layer problem (its ``lam`` is ignored; λ is set per row).
+        pattern: ``"unstructured"``, ``"unstructured-layer"``, ``"N:M"`` or a :class:`Pattern`.
+        sparsity: for unstructured patterns given as a string.
+        solver: registry name of the ℓ1 solver (not a verifier such as cvxpy).
+        warm_start: weights ``(d_out, d_in)`` on the pattern to start from (Wanda's or
+            SparseGPT's).  Without one, a per-row λ search on the ℓ1 path gives the start.
+        options: a :class:`~fistaopt.layer.options.LayerOptions` (default: its defaults).
+        **overrides: :class:`LayerOptions` fields (``refit=False``, ``rounds=3`` ...)
+            over ``options``, and solver options (``precondition``, ``device``,
+            ``dtype``, ...).  ``tol``/``max_iter`` and unknown names raise ``ValueError``.
+    """
+    started = time.perf_counter()
+    if not isinstance(problem, LassoProblem):
+        raise TypeError(f"problem must be a LassoProblem, got {type(problem).__name__}")
+    pat = parse_pattern(pattern, sparsity)
+    pat.check_shape(problem.d_out, problem.d_in)
+    if problem.batch_shape:
+        raise ValueError("prune_layer takes a problem with a scalar or per-row lam, not a batch")
+    layer_keys = set(LayerOptions.names())
+    options = replace(options or LayerOptions(), **{k: v for k, v in overrides.items() if k in layer_keys})
+    solver_options = check_solver_options(solver, {k: v for k, v in overrides.items() if k not in layer_keys})
+    run = _LayerPrune(problem, pat, solver, options, solver_options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        run.start(warm_start)
+        for r in range(options.rounds):
+            run.round(r)
+    return run.finish(problem.dtype, started)
