@@ -92,3 +92,20 @@ def test_semi_structured_matches_masked_dense_on_cuda():
     (row,) = out["models"]
     assert row["sparse_check"]["ok"], row["sparse_check"]
     assert {"prefill", "decode_per_token", "linears"} <= set(row)
+
+
+@pytest.mark.parametrize("method", ["fista", "sparsegpt"])
+def test_a_model_pruned_two_four_stays_exactly_two_four_after_saving(method, tmp_path):
+    """What `fistaopt prune --pattern 2:4` saves is what the semi-structured conversion needs."""
+    from transformers import AutoModelForCausalLM
+
+    from fistaopt.llm import prune
+    from llm_fixtures import calib, tiny_model
+
+    model = tiny_model("llama", scale=4.0)
+    prune(model, calib(), pattern="2:4", method=method, progress=False)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert bench.all_two_four(reloaded)
+    for linear in bench.block_linears(reloaded):
+        assert float((linear.weight == 0).double().mean()) >= 0.5
