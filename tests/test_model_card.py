@@ -67,7 +67,7 @@ def test_card_has_front_matter_settings_and_scores(pruned, tmp_path):
     _, report = pruned
     report = json.loads(json.dumps(report))
     report["extra"].update(zero_shot_before=zero_shot_scores(0.375), zero_shot_after=zero_shot_scores(0.3125))
-    text = model_card(report, folder=tmp_path, license="mit")
+    text = model_card(report, load_from=tmp_path, license="mit")
     meta = front_matter(text)
     assert meta["base_model"] == "some-org/tiny-llama" and meta["license"] == "mit"
     assert {"pruned", "sparsity", "fistaopt", "2:4-sparsity"} <= set(meta["tags"])
@@ -132,7 +132,9 @@ def test_written_folder_loads_and_links_the_figure(pruned, tmp_path):
     assert figure == out / FIGURE_NAME and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = write_model_card(out, report)
     assert card == out / CARD_NAME
-    assert f"]({FIGURE_NAME})" in card.read_text()
+    assert f"]({FIGURE_NAME})" in card.read_text() and f'from_pretrained("{out}")' in card.read_text()
+    shown = write_model_card(out, report, load_from="published/folder").read_text()
+    assert 'from_pretrained("published/folder")' in shown and str(out) not in shown
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -140,7 +142,7 @@ def test_written_folder_loads_and_links_the_figure(pruned, tmp_path):
 
 def test_no_figure_without_records_and_clear_errors(tmp_path):
     assert save_report_figure(tmp_path, {"settings": {}, "records": []}) is None
-    assert FIGURE_NAME not in model_card({"settings": {}, "records": []}, folder=tmp_path)
+    assert FIGURE_NAME not in model_card({"settings": {}, "records": []})
     with pytest.raises(NotADirectoryError, match="does not exist"):
         write_model_card(tmp_path / "missing", {"settings": {}})
     with pytest.raises(TypeError, match="must be a dict"):

@@ -227,13 +227,13 @@ def _calibration_section(report: Mapping[str, Any]) -> list[str]:
     return ["## Calibration data", ""] + _table(["", ""], rows) + [""] if rows else []
 
 
-def _usage_section(folder: Path, figure: bool) -> list[str]:
+def _usage_section(load_from: str, figure: bool) -> list[str]:
     lines = [
         "## How to load", "", "A normal Hugging Face folder (safetensors); no fistaopt needed to use it:", "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'model = AutoModelForCausalLM.from_pretrained("{folder}")  # or its hub id once uploaded',
-        f'tokenizer = AutoTokenizer.from_pretrained("{folder}")', "```", "",
+        f'model = AutoModelForCausalLM.from_pretrained("{load_from}")  # or its hub id once uploaded',
+        f'tokenizer = AutoTokenizer.from_pretrained("{load_from}")', "```", "",
         "Fine-tuning or quantizing it keeps the zeros only if the masks are kept: "
         "see fistaopt's docs/deploy.md.", "",
     ]
@@ -260,13 +260,17 @@ def _provenance_section(report: Mapping[str, Any], license: str | None) -> list[
 def model_card(
     report: Mapping[str, Any],
     *,
-    folder: str | os.PathLike[str] = ".",
+    load_from: str | os.PathLike[str] = ".",
     source: str | os.PathLike[str] | None = None,
     base_model: str | None = None,
     license: str | None = None,
     figure: bool = False,
 ) -> str:
-    """The model card text (see the module docstring for ``report`` and the inference rules)."""
+    """The model card text (see the module docstring for ``report`` and the inference rules).
+
+    ``load_from`` is the path the "How to load" snippet shows; ``figure`` links
+    :data:`FIGURE_NAME`; the other arguments are those of :func:`write_model_card`.
+    """
     if not isinstance(report, Mapping):
         raise TypeError(f"report must be a dict (PruneReport.to_dict()), got {type(report).__name__}")
     source = source if source is not None else _context(report, "model")
@@ -278,7 +282,7 @@ def model_card(
     parts = [
         _front(base_model, license, settings), _summary(report, source_text, base_model), _method_section(report),
         _sparsity_section(report), _evaluation_section(report), _calibration_section(report),
-        _usage_section(Path(folder), figure), _provenance_section(report, license),
+        _usage_section(str(load_from), figure), _provenance_section(report, license),
     ]
     return "\n".join(line for part in parts for line in part)
 
@@ -302,6 +306,7 @@ def write_model_card(
     source: str | os.PathLike[str] | None = None,
     base_model: str | None = None,
     license: str | None = None,
+    load_from: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``folder/README.md`` (atomically) for the pruned model saved in ``folder``.
 
@@ -313,6 +318,8 @@ def write_model_card(
         base_model: the base model's Hugging Face id for the front matter (default:
             ``source`` when it is one).
         license: overrides the licence read from ``source``.
+        load_from: the path the card's loading snippet shows (default: ``folder``; give
+            the final path when ``folder`` is a temporary folder published later).
 
     The card links ``prune_report.png`` when that file is in ``folder``
     (:func:`save_report_figure`).  Returns the card's path.
@@ -320,6 +327,6 @@ def write_model_card(
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"model folder {str(folder)!r} does not exist")
-    text = model_card(report, folder=folder, source=source, base_model=base_model, license=license,
-                      figure=(folder / FIGURE_NAME).is_file())
+    text = model_card(report, load_from=folder if load_from is None else load_from, source=source,
+                      base_model=base_model, license=license, figure=(folder / FIGURE_NAME).is_file())
     return _io.write_text(folder / CARD_NAME, text)
