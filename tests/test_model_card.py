@@ -147,3 +147,18 @@ def test_no_figure_without_records_and_clear_errors(tmp_path):
         write_model_card(tmp_path / "missing", {"settings": {}})
     with pytest.raises(TypeError, match="must be a dict"):
         model_card(["not", "a", "report"])  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("lm_eval") is None, reason="lm-eval not installed")
+def test_zero_shot_scores_flow_from_lm_eval_into_the_card(pruned):
+    from fistaopt.llm.zeroshot import zero_shot
+
+    model, report = pruned
+    tok = char_tokenizer()
+    tok.add_special_tokens({"eos_token": "</s>"})
+    after = zero_shot(model, tok, ["fistaopt_arith"], limit=8)
+    report = {**report, "extra": {**report["extra"], "zero_shot_after": json.loads(json.dumps(after))}}
+    row = after["tasks"]["fistaopt_arith"]
+    text = model_card(report)
+    assert f"| fistaopt_arith | acc | – | {row['acc']:.4f} ± {row['acc_stderr']:.4f} |" in text
+    assert f"lm-eval {after['lm_eval_version']}" in text
