@@ -185,12 +185,15 @@ def test_dense_model_scores_what_lm_eval_scores_directly(model_and_tokenizer, tm
 @needs_lm_eval
 def test_the_weights_in_memory_are_evaluated(model_and_tokenizer):
     """With lm_head zeroed in memory every token has probability 1/V, so the prediction
-    is the shortest choice (the first one among equals): no reload could score that."""
+    is the shortest choice (the first one among equals): no reload could score that.
+    The model goes back to its device and its train/eval mode."""
     model, tok = model_and_tokenizer
     pruned = copy.deepcopy(model)
     with torch.no_grad():
         pruned.lm_head.weight.zero_()
+    pruned.train()
     row = zero_shot(pruned, tok, [LOCAL_TASK], device="cpu")["tasks"][LOCAL_TASK]
+    assert pruned.training  # the mode is restored (HFLM evaluates in eval mode)
     items = local_task_items()
     shortest = [min(range(N_CHOICES), key=lambda k: (len(item["choices"][k]), k)) for item in items]
     expected = sum(s == item["label"] for s, item in zip(shortest, items)) / N_ITEMS

@@ -160,7 +160,8 @@ def zero_shot(
         limit: items per task (int) or a fraction of them (float); ``None``: all.
             A limited run is a smoke test, not a score to report.
         device: where the model runs (it is moved back afterwards); default: where it is.
-        seed: lm-eval's random, numpy, torch and few-shot seeds.
+        seed: lm-eval's random, numpy, torch and few-shot seeds (lm-eval reseeds the
+            global generators of ``random``, ``numpy`` and ``torch`` with it).
 
     Returns ``{"tasks": {task: {"acc", "acc_stderr", "acc_norm", ..., "n_samples"}},
     "mean_acc": float | None, "settings": {...}, "lm_eval_version": str, "seconds": float}``;
@@ -192,6 +193,7 @@ def zero_shot(
     with ExitStack() as stack:
         local_folder = write_local_task(stack.enter_context(tempfile.TemporaryDirectory(prefix="fistaopt-tasks-")))
         manager = _task_manager(tasks, [str(local_folder)] + paths)
+        stack.callback(model.train, model.training)  # HFLM switches the model to eval mode
         if device is not None:
             model.to(device)
             stack.callback(model.to, home)
