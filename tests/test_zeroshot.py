@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from fistaopt.llm.local_task import LOCAL_TASK, N_CHOICES, N_ITEMS, local_task_items, write_local_task
-from fistaopt.llm.zeroshot import EvalExtraMissing, ZeroShotError, lm_eval_version, parse_tasks, task_scores, zero_shot
+from fistaopt.llm.zeroshot import (
+    EvalExtraMissing, ZeroShotError, check_tasks, lm_eval_version, parse_tasks, task_scores, zero_shot,
+)
 from llm_fixtures import char_tokenizer, tiny_model
 
 needs_lm_eval = pytest.mark.skipif(
@@ -109,6 +111,16 @@ def test_unknown_task_names_one_line_with_suggestion(model_and_tokenizer):
         zero_shot(model, tok, ["fistaopt_arit"])
     message = str(err.value)
     assert "unknown lm-eval task" in message and "fistaopt_arith" in message and "\n" not in message
+
+
+@needs_lm_eval
+def test_check_tasks_before_any_work(tmp_path):
+    check_tasks([LOCAL_TASK])  # known without reading lm-eval's task index
+    check_tasks([LOCAL_TASK], include_path=write_local_task(tmp_path))
+    with pytest.raises(ZeroShotError, match="unknown lm-eval task"):
+        check_tasks(["no_such_task_anywhere"])
+    with pytest.raises(ZeroShotError, match="not a folder"):
+        check_tasks([LOCAL_TASK], include_path=tmp_path / "missing")
 
 
 def test_parse_tasks():

@@ -105,6 +105,34 @@ def _task_manager(tasks: list[str], include_paths: list[str]) -> Any:
     return manager
 
 
+def _include_paths(include_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None) -> list[str]:
+    if include_path is None:
+        paths: list[str] = []
+    elif isinstance(include_path, (str, os.PathLike)):
+        paths = [str(include_path)]
+    else:
+        paths = [str(p) for p in include_path]
+    for p in paths:
+        if not Path(p).is_dir():
+            raise ZeroShotError(f"include_path {p!r} is not a folder")
+    return paths
+
+
+def check_tasks(
+    tasks: Sequence[str], include_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+) -> None:
+    """Raise :class:`ZeroShotError` (or :class:`EvalExtraMissing`) unless every task name is known.
+
+    For a CLI to call before any expensive work (loading, pruning); reading lm-eval's
+    task index takes several seconds unless every name is in ``include_path`` or local.
+    """
+    lm_eval_version()
+    names = _check_settings(tasks, 1, None)
+    paths = _include_paths(include_path)
+    with tempfile.TemporaryDirectory(prefix="fistaopt-tasks-") as folder:
+        _task_manager(names, [str(write_local_task(folder))] + paths)
+
+
 def _number(value: Any) -> float | None:
     """A metric value as a float; lm-eval writes ``"N/A"`` for a missing standard error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -175,15 +203,7 @@ def zero_shot(
     tasks = _check_settings(tasks, batch_size, limit)
     if getattr(tokenizer, "eos_token_id", None) is None and getattr(tokenizer, "bos_token_id", None) is None:
         raise ZeroShotError("the tokenizer has neither an EOS nor a BOS token; lm-eval needs one to score a continuation")
-    if include_path is None:
-        paths: list[str] = []
-    elif isinstance(include_path, (str, os.PathLike)):
-        paths = [str(include_path)]
-    else:
-        paths = [str(p) for p in include_path]
-    for p in paths:
-        if not Path(p).is_dir():
-            raise ZeroShotError(f"include_path {p!r} is not a folder")
+    paths = _include_paths(include_path)
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
