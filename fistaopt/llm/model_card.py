@@ -1,7 +1,7 @@
 """A Hugging Face model card (``README.md``) and the report figure for a pruned model's folder.
 
     from fistaopt.llm.model_card import write_model_card, save_report_figure
-    save_report_figure(out, report.to_dict())           # prune_report.png
+    save_report_figure(out, report.to_dict())           # prune-report.png
     write_model_card(out, report.to_dict(), source=model_path)
 
 The card is built from the prune report as a plain dict (``settings``, ``totals``,
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from fistaopt import _io
 
 CARD_NAME = "README.md"
-FIGURE_NAME = "prune_report.png"
+FIGURE_NAME = "prune-report.png"  # the name `fistaopt plot` gives it
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -288,7 +288,7 @@ def model_card(
 
 
 def save_report_figure(folder: str | os.PathLike[str], report: Mapping[str, Any]) -> Path | None:
-    """Save the prune-report figure (as ``fistaopt plot``) as ``folder/prune_report.png``.
+    """Save the prune-report figure (as ``fistaopt plot``) as ``folder/prune-report.png``.
 
     Returns the path, or None when the report has no per-operator records to draw.
     """
@@ -321,7 +321,7 @@ def write_model_card(
         load_from: the path the card's loading snippet shows (default: ``folder``; give
             the final path when ``folder`` is a temporary folder published later).
 
-    The card links ``prune_report.png`` when that file is in ``folder``
+    The card links ``prune-report.png`` when that file is in ``folder``
     (:func:`save_report_figure`).  Returns the card's path.
     """
     folder = Path(folder)
