@@ -23,11 +23,15 @@ OBJ_RTOL = 1e-7
 # iteration budgets for TOL = 1e-10 on ≤ 24×24: FISTA/ADMM needed ≤ ~1.4e3 on the drawn
 # problems (ADMM after the ρ bound fix); ISTA needed up to 9.5e4 on badly scaled ones
 # (3 column-scale decades), so ISTA is only run on well-conditioned recipes.
-BUDGET = {"fista": 50_000, "admm": 50_000, "ista": 50_000}
+BUDGET = {"fista": 50_000, "admm": 50_000, "ista": 50_000, "cd": 50_000}
+# variants under test: "cd-rows" forces cd's per-row working sets (RowSweep) on these
+# small problems, where the default sends every row to the all-columns sweep
+VARIANTS = {"cd-rows": ("cd", {"min_working_set": 1})}
 
 
 def _solve(p, name, **kw):
-    opts = dict(tol=TOL, max_iter=BUDGET.get(name, 1), warn=False)
+    name, variant = VARIANTS.get(name, (name, {}))
+    opts = dict(tol=TOL, max_iter=BUDGET.get(name, 1), warn=False, **variant)
     opts.update(kw)
     return fo.solve(p, name, **opts)
 
@@ -61,7 +65,7 @@ def _assert_matches_oracle(r, p, spec, mask_seed=None):
 
 
 # ---------------------------------------------------------------------------- oracles
-@pytest.mark.parametrize("name", ["fista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "admm", "cd", "cd-rows"])
 @given(spec=specs())
 def test_matches_cvxpy(name, spec):
     p = _build(spec)
@@ -76,7 +80,7 @@ def test_ista_matches_cvxpy_well_conditioned(spec):
     _assert_matches_oracle(_solve(p, "ista"), p, spec)
 
 
-@pytest.mark.parametrize("name", ["fista", "ista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "ista", "admm", "cd", "cd-rows"])
 @given(spec=well_conditioned_specs(max_d=12), mask_seed=st.integers(0, 1000))
 def test_masked_matches_cvxpy_and_keeps_zeros(name, spec, mask_seed):
     p = _build(spec, mask_seed)
@@ -85,7 +89,7 @@ def test_masked_matches_cvxpy_and_keeps_zeros(name, spec, mask_seed):
     _assert_matches_oracle(r, p, spec, mask_seed)
 
 
-@pytest.mark.parametrize("name", ["fista", "admm", "ista"])
+@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cd", "cd-rows"])
 def test_matches_sklearn(name):
     from sklearn.linear_model import Lasso
 
@@ -107,7 +111,7 @@ def test_matches_sklearn(name):
 
 
 # ---------------------------------------------------------------------------- properties
-@pytest.mark.parametrize("name", ["fista", "admm", "ista"])
+@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cd", "cd-rows"])
 @given(spec=specs(max_d=12), data=st.data())
 def test_zero_rows_iff_lam_at_least_lam_max(name, spec, data):
     if name == "ista":
@@ -131,7 +135,7 @@ def test_zero_rows_iff_lam_at_least_lam_max(name, spec, data):
     assert not torch.any(zero[(ratio < 1) & (lm > 0)])
 
 
-@pytest.mark.parametrize("name", ["fista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "admm", "cd", "cd-rows"])
 @given(spec=well_conditioned_specs(max_d=10))
 def test_per_row_lam_equals_separate_solves(name, spec):
     p = spec.problem()
@@ -151,7 +155,7 @@ def test_per_row_lam_equals_separate_solves(name, spec):
     torch.testing.assert_close(r.W, rows, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["fista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "admm", "cd", "cd-rows"])
 @given(spec=specs(max_d=12), perm_seed=st.integers(0, 1000))
 def test_permuting_rows_permutes_solution(name, spec, perm_seed):
     p = spec.problem()
@@ -166,7 +170,7 @@ def test_permuting_rows_permutes_solution(name, spec, perm_seed):
     assert torch.all((rows_p - rows_q).abs() <= r.gap_per_row[perm] + rq.gap_per_row + 1e-15 * rows_q.abs())
 
 
-@pytest.mark.parametrize("name", ["fista", "admm", "ista"])
+@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cd", "cd-rows"])
 @given(spec=well_conditioned_specs(max_d=10), s=st.sampled_from([1e-3, 0.1, 7.0, 1e3]))
 def test_scaling_data_and_lam_leaves_W_unchanged(name, spec, s):
     X, Y = spec.data()
@@ -178,7 +182,7 @@ def test_scaling_data_and_lam_leaves_W_unchanged(name, spec, s):
     torch.testing.assert_close(rq.W, r.W, rtol=0, atol=1e-5 * max(1.0, float(r.W.abs().max())))
 
 
-@pytest.mark.parametrize("name", ["fista", "admm", "ista"])
+@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cd", "cd-rows"])
 @given(spec=well_conditioned_specs(max_d=12))
 def test_warm_start_at_solution_stops_at_first_check(name, spec):
     p = spec.problem()
@@ -187,7 +191,7 @@ def test_warm_start_at_solution_stops_at_first_check(name, spec):
     assert r.converged and r.n_iter == 1, r.summary()
 
 
-@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cvxpy"])
+@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cvxpy", "cd", "cd-rows"])
 def test_batched_lam_equals_separate_solves(name):
     p = fo.make_problem("iid", 6, 8, seed=3)
     lm = p.lam_max()
@@ -205,7 +209,7 @@ def test_batched_lam_equals_separate_solves(name):
         assert abs(obj_k - rk.objective) <= 1e-7 * rk.objective
 
 
-@pytest.mark.parametrize("name", ["fista", "admm", "ista"])
+@pytest.mark.parametrize("name", ["fista", "admm", "ista", "cd"])
 @pytest.mark.parametrize("kind", ["iid", "correlated"])
 def test_float32_iterates_reach_1e_5(name, kind):
     p = fo.make_problem(kind, 32, 48, lam_ratio=0.1, seed=1)
@@ -218,9 +222,9 @@ def test_float32_iterates_reach_1e_5(name, kind):
 
 # ---------------------------------------------------------------------------- plumbing
 def test_registry():
-    assert available() == ["admm", "cvxpy", "fista", "ista"]
+    assert available() == ["admm", "auto", "cd", "cvxpy", "fista", "ista"]
     p = fo.make_problem("iid", 3, 4)
-    with pytest.raises(ValueError, match="unknown solver 'fitsa'.*did you mean 'fista'.*admm, cvxpy, fista, ista"):
+    with pytest.raises(ValueError, match="unknown solver 'fitsa'.*did you mean 'fista'.*admm, auto, cd, cvxpy, fista, ista"):
         fo.solve(p, "fitsa")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['rhoo'\].*valid options: .*rho"):
         get("admm", rhoo=1.0)
@@ -234,7 +238,7 @@ def test_registry():
         get("fista").solve("not a problem")
 
 
-@pytest.mark.parametrize("name", ["fista", "ista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "ista", "admm", "cd"])
 def test_callback_stop(name):
     p = fo.make_problem("llm-like", 16, 64, lam_ratio=1e-3)
     seen = []
@@ -260,12 +264,12 @@ def test_non_finite_input_is_rejected_up_front():
     p = fo.make_problem("iid", 3, 4)
     W0 = torch.zeros(3, 4, dtype=f64)
     W0[0, 0] = float("nan")
-    for name in ("fista", "admm"):
+    for name in ("fista", "admm", "cd"):
         with pytest.raises(ValueError, match="W0 .*non-finite"):
             fo.solve(p, name, W0=W0)
 
 
-@pytest.mark.parametrize("name", ["fista", "ista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "ista", "admm", "cd"])
 def test_diverged_when_float32_overflows(name):
     # finite in float64 but not representable in float32: iterating in float32 yields inf
     # and the run must stop with "diverged" rather than hang or return garbage silently
@@ -281,7 +285,7 @@ def test_diverged_when_float32_overflows(name):
     assert r.stop_reason == "diverged" and not r.converged
 
 
-@pytest.mark.parametrize("name", ["fista", "ista", "admm"])
+@pytest.mark.parametrize("name", ["fista", "ista", "admm", "cd"])
 def test_convergence_warning_on_max_iter(name):
     p = fo.make_problem("llm-like", 16, 64, lam_ratio=1e-4)
     with pytest.warns(ConvergenceWarning, match="max_iter"):

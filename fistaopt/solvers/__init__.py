@@ -1,6 +1,6 @@
 """Interchangeable solvers with one result type and one stopping rule (the duality gap).
 
-    fistaopt.solvers.available()        -> ["admm", "cvxpy", "fista", "ista"]
+    fistaopt.solvers.available()        -> ["admm", "auto", "cd", "cvxpy", "fista", "ista"]
     fistaopt.solvers.get("admm", rho=1) -> a configured solver with .solve(problem, W0=None)
     fistaopt.solve(problem, solver="fista", W0=None, **options) -> SolveResult
 """

@@ -9,6 +9,8 @@ from fistaopt.solvers.base import Solver
 
 _REGISTRY: dict[str, str] = {
     "admm": "fistaopt.solvers.admm:ADMM",
+    "auto": "fistaopt.solvers.auto:Auto",
+    "cd": "fistaopt.solvers.cd:CD",
     "cvxpy": "fistaopt.solvers.cvxpy:CVXPY",
     "fista": "fistaopt.solvers.fista:FISTA",
     "ista": "fistaopt.solvers.ista:ISTA",

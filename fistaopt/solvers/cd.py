@@ -1,0 +1,158 @@
+"""Coordinate descent on the Gram form: per-row working sets, screening, converged rows frozen.
+
+The update (exact minimisation along one coordinate, no step size, so it does not care
+how badly ``H`` is conditioned across columns)::
+
+    W_ij ← S_{λ_i ω_j / H_jj}(W_ij − g_ij / H_jj),      g = W H − G kept up to date
+
+is applied to one coordinate of many rows at once (:mod:`fistaopt.solvers.cd_sweeps`).
+One *iteration* is one epoch: every row visits every coordinate of its working set once.
+
+Between checks the rows are solved in groups (rows are independent problems):
+
+1. At a check the full gradient of the rows that moved is recomputed (one GEMM over
+   those rows), which certifies the point on the whole problem (the shared stopping rule).
+2. Rows whose gap is at most ``tol · P / (2 R)`` are frozen until the next check (their
+   share of the gap budget is spent; a frozen row does not change, so neither does its gap).
+3. ``screening``: entries proven zero by the gap-safe sphere test are fixed at zero
+   (:func:`~fistaopt.solvers.screening.gap_safe_zeros`).
+4. ``working_set``: every active row gets its own working set, its support plus the
+   columns nearest to entering it (:func:`~fistaopt.solvers.screening.entry_scores`),
+   ``max(min_working_set, 2·|support|)`` columns rounded up to a power of two; rows with
+   the same size form a group swept by :class:`~fistaopt.solvers.cd_sweeps.RowSweep`.
+   Rows whose working set would exceed half the columns, and all rows when
+   ``working_set=False``, are swept on all open columns by
+   :class:`~fistaopt.solvers.cd_sweeps.ColumnSweep`.
+
+Every ``anderson`` epochs each row may jump to an Anderson extrapolation of its last
+iterates (taken only where it lowers the row's objective; see
+:mod:`~fistaopt.solvers.cd_sweeps`).  Iterates are float64 by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from fistaopt.problems.lasso import GapInfo, LassoProblem
+from fistaopt.solvers.base import Solver, _RunState
+from fistaopt.solvers.cd_sweeps import ColumnSweep, RowSweep
+from fistaopt.solvers.screening import entry_scores, gap_safe_zeros
+
+
+@dataclass
+class CD(Solver):
+    """Cyclic coordinate descent on the Gram form (see module docstring).
+
+    Options (besides the shared ones; one iteration is one epoch):
+        working_set: per-row working sets (greedy by distance to the dual constraint),
+            re-chosen at each check; False: every row on all open columns.
+        screening: fix entries proven zero by the gap-safe sphere test at each check.
+        min_working_set: smallest per-row working set (columns).
+        anderson: epochs between Anderson extrapolations (0: none).
+        block_size: columns per block of the all-columns sweep (one small GEMM each).
+    """
+
+    name: ClassVar[str] = "cd"
+
+    check_every: int = 10
+    dtype: torch.dtype | None = torch.float64
+    working_set: bool = True
+    screening: bool = True
+    min_working_set: int = 16
+    anderson: int = 5
+    block_size: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, low in (("block_size", 1), ("min_working_set", 1), ("anderson", 0)):
+            v = getattr(self, key)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
+
+    def _run(self, problem: LassoProblem, W: torch.Tensor, state: _RunState) -> tuple[torch.Tensor, int]:
+        d = problem.d_in
+        W = W.contiguous()
+        rows = W.view(-1, d)
+        R = rows.shape[0]
+        H = problem.H.to(W.dtype)
+        G = problem.G.to(W.dtype).expand(problem.w_shape).reshape(R, d)
+        thr = problem.threshold(W.dtype).expand(problem.w_shape).reshape(R, d)
+        fixed = torch.zeros(R, d, dtype=torch.bool, device=W.device)
+        if problem.mask is not None:
+            fixed |= ~problem.mask.expand(problem.w_shape).reshape(R, d)
+        fixed[:, ~(torch.diagonal(H) > 0)] = True  # H_jj = 0: the objective ignores W_:j
+        rows[fixed] = 0
+        WH = rows @ H
+        info = problem.duality_gap(W, WH=WH.view(W.shape))
+        k = 0
+        with torch.no_grad():
+            while k < self.max_iter:
+                grad = WH - G
+                if self.screening:
+                    fixed |= gap_safe_zeros(problem, W, grad.view(W.shape), info).reshape(R, d)
+                active = self._active_rows(info, R)
+                sweeps = self._plan(problem, rows, grad, G, thr, fixed, info, active, H)
+                k = self._epochs(sweeps, k, state)
+                for sweep in sweeps:
+                    sweep.write(rows)
+                WH[active] = _times(rows[active], H)
+                if state.check(k, W if self.callback is None else W.clone(), WH.view(W.shape)):
+                    break
+                info = state.last_info
+        return W, k
+
+    def _active_rows(self, info: GapInfo, R: int) -> torch.Tensor:
+        """Rows whose gap exceeds their share ``tol · P / (2R)`` of the gap budget."""
+        share = 0.5 * self.tol * max(info.objective, 0.0) / max(R, 1)
+        return torch.nonzero(info.per_row.reshape(-1) > share).flatten().to(info.per_row.device)
+
+    def _epochs(self, sweeps: list, k: int, state: _RunState) -> int:
+        """Epochs of every group until the next check point; returns the new count."""
+        while k < self.max_iter:
+            for sweep in sweeps:
+                sweep.epoch()
+            k += 1
+            if state.done(k):
+                break
+        return k
+
+    def _plan(self, problem: LassoProblem, rows: torch.Tensor, grad: torch.Tensor, G: torch.Tensor,
+              thr: torch.Tensor, fixed: torch.Tensor, info: GapInfo, active: torch.Tensor, H: torch.Tensor) -> list:
+        """Groups of active rows with their sweeps (see module docstring, step 4)."""
+        d = rows.shape[1]
+        open_cols = torch.nonzero(~fixed[active].all(0)).flatten() if len(active) else active
+        if not self.working_set or len(active) == 0:
+            return [ColumnSweep(H, rows, grad, G, thr, fixed, active, open_cols, self.anderson,
+                                self.block_size)] if len(active) else []
+        support = (rows[active] != 0).sum(1)
+        need = torch.clamp(2 * support, min=self.min_working_set)
+        size = torch.pow(2, torch.ceil(torch.log2(need.double()))).long()
+        scores = entry_scores(problem, grad.view(problem.w_shape), info, fixed.view(problem.w_shape)).reshape(-1, d)
+        scores = torch.where(rows != 0, torch.full_like(scores, -math.inf), scores)
+        sweeps = []
+        wide = size > d // 2
+        if bool(wide.any()):
+            sweeps.append(ColumnSweep(H, rows, grad, G, thr, fixed, active[wide], open_cols, self.anderson,
+                                      self.block_size))
+        for s in torch.unique(size[~wide]).tolist():
+            group = active[size == s]
+            cols = torch.topk(scores[group], s, dim=1, largest=False).indices
+            sweeps.append(RowSweep(H, rows, grad, G, thr, fixed, group, cols, self.anderson))
+        return sweeps
+
+
+#: Below this fraction of non-zeros ``W_rows @ H`` is computed as a sparse product
+#: (measured: 0.9 ms sparse vs 9.2 ms dense for 300×576 rows with 5 non-zeros each).
+SPARSE_PRODUCT_DENSITY = 0.1
+
+
+def _times(W_rows: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``W_rows @ H``, as a sparse product when ``W_rows`` is mostly zeros (CPU only)."""
+    if W_rows.device.type == "cpu" and W_rows.numel() and \
+            int(torch.count_nonzero(W_rows)) < SPARSE_PRODUCT_DENSITY * W_rows.numel():
+        return W_rows.to_sparse() @ H
+    return W_rows @ H
