@@ -24,12 +24,13 @@ def front_matter(text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def pruned():
-    """A tiny Llama pruned 2:4 with Wanda, and its report as a plain dict with run context."""
+    """A tiny Llama pruned 2:4 with Wanda, and its report as a plain dict with run context
+    (at the top level, where ``PruneReport.to_dict()`` puts ``extra``)."""
     from fistaopt.llm import prune
 
     model = tiny_model("llama", scale=4.0)
     report = prune(model, calib(), pattern="2:4", method="wanda", progress=False).to_dict()
-    report["extra"].update(
+    report.update(
         model="some-org/tiny-llama",
         perplexity_before={"ppl": 101.25, "n_tokens": 512, "seqlen": 64},
         perplexity_after={"ppl": 130.5, "n_tokens": 512, "seqlen": 64},
@@ -66,7 +67,7 @@ def test_sparsity_by_operator_matches_the_weights(pruned):
 def test_card_has_front_matter_settings_and_scores(pruned, tmp_path):
     _, report = pruned
     report = json.loads(json.dumps(report))
-    report["extra"].update(zero_shot_before=zero_shot_scores(0.375), zero_shot_after=zero_shot_scores(0.3125))
+    report.update(zero_shot_before=zero_shot_scores(0.375), zero_shot_after=zero_shot_scores(0.3125))
     text = model_card(report, load_from=tmp_path, license="mit")
     meta = front_matter(text)
     assert meta["base_model"] == "some-org/tiny-llama" and meta["license"] == "mit"
@@ -81,6 +82,13 @@ def test_card_has_front_matter_settings_and_scores(pruned, tmp_path):
     assert "fistaopt prune --pattern 2:4 --method wanda" in text
     assert f'from_pretrained("{tmp_path}")' in text
     assert f"{report['totals']['sparsity']:.4f}" in text
+
+
+def test_run_context_under_extra_reads_the_same(pruned):
+    _, report = pruned
+    context = {k: v for k, v in report.items() if k not in ("settings", "totals", "records")}
+    nested = {"settings": report["settings"], "totals": report["totals"], "records": report["records"], "extra": context}
+    assert model_card(nested) == model_card(report)
 
 
 def test_sections_without_data_are_left_out(pruned):
@@ -157,7 +165,7 @@ def test_zero_shot_scores_flow_from_lm_eval_into_the_card(pruned):
     tok = char_tokenizer()
     tok.add_special_tokens({"eos_token": "</s>"})
     after = zero_shot(model, tok, ["fistaopt_arith"], limit=8)
-    report = {**report, "extra": {**report["extra"], "zero_shot_after": json.loads(json.dumps(after))}}
+    report = {**report, "zero_shot_after": json.loads(json.dumps(after))}
     row = after["tasks"]["fistaopt_arith"]
     text = model_card(report)
     assert f"| fistaopt_arith | acc | – | {row['acc']:.4f} ± {row['acc_stderr']:.4f} |" in text
