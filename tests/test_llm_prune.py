@@ -53,15 +53,14 @@ def _operator_input(model, name, ids):
 
 
 def _prune_recording(model, ids, **kwargs):
-    """``prune(model, ids, **kwargs)`` while recording every accumulator: ``(accumulators, report)``."""
+    """``prune(model, ids, **kwargs)`` with a recording accumulator injected: ``(accumulators, report)``."""
     captured = []
-    mp = pytest.MonkeyPatch()
-    mp.setattr(fistaopt.problems, "LayerStatsAccumulator", _recording_accumulator(captured))
-    try:
-        report = prune(model, ids, progress=False, **kwargs)
-    finally:
-        mp.undo()
+    report = prune(model, ids, progress=False, accumulator=_recording_accumulator(captured), **kwargs)
     return captured, report
+
+
+def _stacked(batches):
+    return torch.cat([x.reshape(-1, x.shape[-1]) for x in batches])
 
 
 def _check_pattern(model, pattern):
@@ -96,7 +95,6 @@ def test_baselines_give_exact_patterns(arch, method, pattern):
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_fista_gives_exact_patterns_and_beats_magnitude(pattern):
-    pytest.importorskip("fistaopt.layer")
     model = tiny_model("llama")
     report = prune(model, calib(4, 16), method="fista", pattern=pattern, progress=False)
     _check_pattern(model, pattern)
@@ -126,8 +124,7 @@ def test_error_corrected_statistics_of_o_proj():
     ids = calib(4, 16)
     captured, _ = _prune_recording(model, ids, method="wanda", error_correction=True, batch_size=2)
     acc = captured[1]  # block 0, group 1 = o_proj
-    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.xs])
-    X_star = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.x_stars])
+    X, X_star = _stacked(acc.xs), _stacked(acc.x_stars)
 
     def o_proj_input(m):
         return _operator_input(m, "model.layers.0.self_attn.o_proj", ids)
@@ -145,13 +142,21 @@ def test_error_corrected_statistics_of_o_proj():
 
 
 def test_no_error_correction_uses_dense_statistics():
-    model = tiny_model("llama")
-    r1 = prune(model, calib(4, 16), method="wanda", error_correction=False, progress=False)
-    model2 = tiny_model("llama")
-    r2 = prune(model2, calib(4, 16), method="wanda", error_correction=True, progress=False)
-    assert r1.settings["error_correction"] is False and r2.settings["error_correction"] is True
-    # block 0's first group sees identical statistics in both modes
-    assert r1.records[0].rel_error == pytest.approx(r2.records[0].rel_error, rel=1e-5)
+    """Without error correction, o_proj (group 1) sees the dense input although q/k/v are pruned."""
+    dense = tiny_model("llama", scale=5.0)
+    ids = calib(4, 16)
+    off, r_off = _prune_recording(copy.deepcopy(dense), ids, method="wanda", error_correction=False, batch_size=2)
+    on, r_on = _prune_recording(copy.deepcopy(dense), ids, method="wanda", error_correction=True, batch_size=2)
+    assert r_off.settings["error_correction"] is False and r_on.settings["error_correction"] is True
+    o_proj_dense = _operator_input(dense, "model.layers.0.self_attn.o_proj", ids)
+    # without: X* = X = the dense input of o_proj (no X* stream at all)
+    assert all(x is None for acc in off for x in acc.x_stars)
+    torch.testing.assert_close(_stacked(off[1].xs), o_proj_dense, rtol=1e-5, atol=1e-6)
+    # with: the same X, but X* differs (it comes through the pruned q/k/v)
+    torch.testing.assert_close(_stacked(on[1].xs), o_proj_dense, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(_stacked(on[1].x_stars), o_proj_dense, rtol=1e-3, atol=1e-4)
+    o_proj = [(a.rel_error, b.rel_error) for a, b in zip(r_off.records, r_on.records) if a.name == "self_attn.o_proj"]
+    assert o_proj and o_proj[0][0] != o_proj[0][1]
 
 
 @pytest.mark.parametrize("block_inputs", ["dense", "pruned", "corrected"])
@@ -205,8 +210,59 @@ def test_report_to_json(tmp_path):
     report = prune(model, calib(2, 16), method="magnitude", progress=False)
     report.save_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["totals"]["n_operators"] == 12
-    assert {"block", "name", "shape", "sparsity", "rel_error", "seconds", "method"} <= set(data["records"][0])
+    n_params = sum(W.numel() for _, _, W in _block_weights(model))
+    n_zero = sum(int((W == 0).sum()) for _, _, W in _block_weights(model))
+    assert data["totals"]["n_operators"] == 12 and data["totals"]["n_params"] == n_params
+    assert data["totals"]["sparsity"] == pytest.approx(n_zero / n_params)
+    assert data["settings"] == json.loads(json.dumps(report.settings))
+    assert data["settings"]["method"] == "magnitude" and data["settings"]["sparsity"] == 0.5
+    assert data["settings"]["layer"]["rounds"] == 2 and data["settings"]["nsamples"] == 2
+    for rec, saved in zip(report.records, data["records"]):
+        assert saved["name"] == rec.name and saved["block"] == rec.block and tuple(saved["shape"]) == rec.shape
+        assert saved["rel_error"] == pytest.approx(rec.rel_error) and saved["sparsity"] == pytest.approx(0.5)
+    assert data["totals"]["mean_rel_error"] == pytest.approx(sum(r["rel_error"] for r in data["records"]) / 12)
+
+
+def test_tol_given_to_prune_is_refused_not_ignored():
+    """The layer prune runs a fixed number of iterations per solve: a tol would be ignored, so it is refused."""
+    model = tiny_model("llama")
+    for key, value in (("tol", 1e-8), ("max_iter", 10)):
+        with pytest.raises(ValueError, match=f"{key}: set by the layer prune itself"):
+            prune(model, calib(2, 8), method="fista", progress=False, **{key: value})
+    with pytest.raises(ValueError, match="valid layer options: refit, rounds"):
+        prune(model, calib(2, 8), method="fista", progress=False, roundz=3)
+    with pytest.raises(ValueError, match="unknown option"):
+        prune(model, calib(2, 8), method="wanda", progress=False, rounds=3, precondition=False)
+
+
+def test_layer_and_solver_options_reach_prune_layer(monkeypatch):
+    import fistaopt.llm.methods as methods
+
+    seen = []
+    real = methods.prune_layer
+
+    def spy(problem, pattern, **kwargs):
+        seen.append(kwargs)
+        return real(problem, pattern, **kwargs)
+
+    monkeypatch.setattr(methods, "prune_layer", spy)
+    report = prune(tiny_model("llama"), calib(2, 8), method="fista", rounds=1, precondition=False, progress=False)
+    assert seen and all(k["options"].rounds == 1 and k["precondition"] is False for k in seen)
+    assert report.settings["layer"]["rounds"] == 1 and report.settings["solver_options"] == {"precondition": False}
+
+
+def test_config_object_and_overrides_agree():
+    from fistaopt.llm import PruneConfig
+
+    config = PruneConfig(method="sparsegpt", pattern="2:4")
+    a, b = tiny_model("llama"), tiny_model("llama")
+    ra = prune(a, calib(2, 8), config, progress=False)
+    rb = prune(b, calib(2, 8), method="sparsegpt", pattern="2:4", progress=False)
+    assert ra.settings == rb.settings and ra.settings["sparsity"] == 0.5
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="cvxpy is a verifier"):
+        PruneConfig(method="cvxpy")
+    assert PruneConfig.build(config, pattern="2:8").sparsity == 0.75  # the implied sparsity follows the pattern
 
 
 @pytest.mark.parametrize(
@@ -223,6 +279,9 @@ def test_report_to_json(tmp_path):
         (dict(skip_tokens=8), ValueError, "skip_tokens"),
         (dict(batch_size=0), ValueError, "batch_size"),
         (dict(warm_start="obs"), ValueError, "warm_start"),
+        (dict(method="cvxpy"), ValueError, "verifier"),
+        (dict(blocks=[5]), ValueError, "blocks"),
+        (dict(stats_dtype="float16"), ValueError, "stats_dtype"),
     ],
 )
 def test_bad_settings(kwargs, exc, match):
@@ -273,8 +332,7 @@ def test_corrected_mode_targets_the_dense_model():
 
     hybrid = copy.deepcopy(dense)  # block 0 pruned, block 1 dense: the pruned model's stream into block 1
     hybrid.model.layers[0].load_state_dict(model.model.layers[0].state_dict())
-    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.xs])
-    X_star = torch.cat([x.reshape(-1, x.shape[-1]) for x in acc.x_stars])
+    X, X_star = _stacked(acc.xs), _stacked(acc.x_stars)
     torch.testing.assert_close(X, q_input(dense), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(X_star, q_input(hybrid), rtol=1e-5, atol=1e-5)
 

@@ -10,7 +10,7 @@ import torch
 
 import fistaopt as fo
 from fistaopt import study
-from fistaopt.study import MILESTONES, NamedProblem, SolverSpec, milestone_key
+from fistaopt.study import MILESTONES, NamedProblem, Spec, milestone_key, solver_spec
 
 SOLVERS = ["fista", "ista", "admm", "cvxpy"]
 
@@ -115,7 +115,7 @@ def test_reference_solver_and_options() -> None:
 
 def test_bad_inputs_raise_clear_errors() -> None:
     probs = study.problem_set(["iid"], d_out=2, d_in=3)
-    with pytest.raises(ValueError, match="valid solvers: admm, cvxpy, fista, ista"):
+    with pytest.raises(ValueError, match="valid solvers: " + ", ".join(fo.solvers.available())):
         study.compare(probs, ["fista", "fsta"], progress=False)
     with pytest.raises(ValueError, match="unique"):
         study.compare(probs, ["fista", "fista"], progress=False)
@@ -126,12 +126,21 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 
 def test_solver_spec_parsing() -> None:
-    spec = SolverSpec.parse("fista[restart=False,precondition=false,check_every=5,rho=None]")
-    assert spec.solver == "fista"
+    spec = solver_spec("fista[restart=False,precondition=false,check_every=5,rho=None]")
+    assert spec.name == "fista" and spec.label == "fista[restart=False,precondition=false,check_every=5,rho=None]"
     assert dict(spec.options) == {"restart": False, "precondition": False, "check_every": 5, "rho": None}
-    assert study.split_solver_list("fista,admm[rho=1.0,alpha=1.5], ista") == ["fista", "admm[rho=1.0,alpha=1.5]", "ista"]
+    assert study.split_specs("fista,admm[rho=1.0,alpha=1.5], ista") == ["fista", "admm[rho=1.0,alpha=1.5]", "ista"]
     with pytest.raises(ValueError, match="option=value"):
-        SolverSpec.parse("fista[restart]")
+        Spec.parse("fista[restart]")
+    with pytest.raises(ValueError, match="unknown solver 'fsta'"):
+        solver_spec("fsta")
+
+
+def test_one_spec_syntax_for_methods_with_tuples() -> None:
+    """The benchmark's method specs use the same syntax; values may be tuples (commas inside)."""
+    spec = Spec.parse("fista[warm_start=sparsegpt,quantiles=(0.9, 0.5),rounds=3]")
+    assert spec.name == "fista"
+    assert dict(spec.options) == {"warm_start": "sparsegpt", "quantiles": (0.9, 0.5), "rounds": 3}
 
 
 def test_save_and_load_roundtrip(small_study, tmp_path) -> None:
@@ -166,19 +175,3 @@ def test_bare_problems_are_named() -> None:
     assert res.problem_names == ["problem0"]
     assert isinstance(res.runs[0].result.W, torch.Tensor)
     assert not math.isnan(res.records[0]["objective"])
-
-
-def test_atomic_output_dir_leaves_nothing_on_error(tmp_path) -> None:
-    target = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with study.atomic_output_dir(target) as tmp:
-            (tmp / "half.txt").write_text("x")
-            raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
-    with study.atomic_output_dir(target) as tmp:
-        (tmp / "a.txt").write_text("1")
-    (target / "keep.txt").write_text("k")
-    with study.atomic_output_dir(target) as tmp:
-        (tmp / "a.txt").write_text("2")
-    assert (target / "a.txt").read_text() == "2" and (target / "keep.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -3,7 +3,7 @@
     from fistaopt import llm
     model, tok = llm.load_model()                       # default: SmolLM2-135M-Instruct
     calib = llm.calibration_tokens(tok, nsamples=64, seqlen=512)
-    report = llm.prune(model, calib, sparsity=0.5, method="wanda")
+    report = llm.prune(model, calib, sparsity=0.5, method="wanda")   # or llm.prune(model, calib, PruneConfig(...))
     llm.perplexity(model, llm.evaluation_tokens(tok), seqlen=512)
 """
 
@@ -12,10 +12,12 @@ from fistaopt.llm.data import calibration_tokens, evaluation_tokens
 from fistaopt.llm.evaluate import PerplexityResult, perplexity
 from fistaopt.llm.loading import load_model, save_pruned
 from fistaopt.llm.model import Operator, OperatorGroup, find_blocks, model_operators
-from fistaopt.llm.prune import OperatorRecord, PruneReport, prune
+from fistaopt.llm.config import PruneConfig
+from fistaopt.llm.prune import prune
+from fistaopt.llm.report import OperatorRecord, PruneReport
 
 __all__ = [
-    "prune", "PruneReport", "OperatorRecord",
+    "prune", "PruneConfig", "PruneReport", "OperatorRecord",
     "magnitude", "wanda", "sparsegpt",
     "calibration_tokens", "evaluation_tokens",
     "perplexity", "PerplexityResult",

@@ -218,3 +218,40 @@ def run_block(block: nn.Module, call: BlockCall, hidden: torch.Tensor, device: t
     """Full block forward; returns the output hidden states on the CPU."""
     out = call.run(block, hidden.to(device) if device is not None else hidden, device)
     return block_output(out).detach().cpu()
+
+
+def calibration_batches(calibration: Any, batch_size: int, model: nn.Module | None = None) -> list[torch.Tensor]:
+    """Split calibration token ids (a LongTensor ``(nsamples, seqlen)`` or a list of them)
+    into batches of at most ``batch_size`` rows, checking them against the model's vocabulary."""
+    if isinstance(calibration, torch.Tensor):
+        parts: Sequence[Any] = [calibration]
+    elif isinstance(calibration, (list, tuple)):
+        parts = calibration
+    else:
+        raise TypeError(
+            f"calibration must be a LongTensor (nsamples, seqlen) or a list of them, got {type(calibration).__name__}"
+        )
+    if len(parts) == 0:
+        raise ValueError("calibration is empty (an empty list)")
+    vocab = _vocab_size(model)
+    batches = []
+    for k, t in enumerate(parts):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"calibration[{k}] must be a LongTensor (nsamples, seqlen), got {type(t).__name__}")
+        if t.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"calibration must hold integer token ids (torch.long), got dtype {t.dtype}")
+        if t.ndim != 2:
+            raise ValueError(f"calibration tensors must have shape (nsamples, seqlen), got {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"calibration is empty: shape {tuple(t.shape)}")
+        if int(t.min()) < 0 or (vocab is not None and int(t.max()) >= vocab):
+            raise ValueError(f"calibration token ids must lie in [0, {vocab}), got range [{int(t.min())}, {int(t.max())}]")
+        batches.extend(t.long().split(batch_size))
+    return batches
+
+
+def _vocab_size(model: nn.Module | None) -> int | None:
+    try:
+        return int(model.get_input_embeddings().num_embeddings)  # type: ignore[union-attr]
+    except Exception:
+        return None

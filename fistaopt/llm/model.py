@@ -153,6 +153,33 @@ def linear_modules(block: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in block.named_modules() if name and is_linear(m)}
 
 
+def operator_widths(block: nn.Module) -> dict[str, int]:
+    """The input width ``d_in`` of every linear module of a block, by dotted name."""
+    return {name: Operator(name, m).d_in for name, m in linear_modules(block).items()}
+
+
+def config_widths(config: Any) -> dict[str, int]:
+    """Input widths of a model's operators read from its configuration alone (no weights).
+
+    ``config`` is a ``transformers`` config (or anything with the same attributes).  The
+    widths are the hidden size (attention and MLP inputs), the attention output's input
+    ``num_heads · head_dim`` and the MLP's intermediate size, under the names the common
+    architectures use; an attribute a config does not have is left out.
+    """
+    def get(*names: str) -> Any:
+        return next((getattr(config, n) for n in names if getattr(config, n, None)), None)
+
+    hidden = get("hidden_size", "n_embd", "d_model")
+    heads = get("num_attention_heads", "n_head")
+    head_dim = get("head_dim") or (hidden // heads if hidden and heads else None)
+    widths = {
+        "hidden_size": hidden,
+        "attention output (num_heads * head_dim)": heads * head_dim if heads and head_dim else None,
+        "intermediate_size": get("intermediate_size", "ffn_dim", "n_inner") or (4 * hidden if hidden else None),
+    }
+    return {k: int(v) for k, v in widths.items() if v}
+
+
 def _same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a is b:
         return True

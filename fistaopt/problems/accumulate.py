@@ -82,34 +82,17 @@ class LayerStatsAccumulator:
     ) -> LassoProblem:
         """The layer problem for dense weight ``W0 (d_out, d_in)``.
 
-        ``G = W₀ C``, ``c_i = w₀ᵢ D w₀ᵢᵀ``; with ``normalize`` every statistic is divided
-        by the token count (a per-token objective, so ``λ`` does not depend on the
-        calibration size).  ``damp`` adds the ridge ``½δ‖W − W₀‖²`` with
-        ``δ = damp · mean(diag H)`` (``H += δI``, ``G += δW₀``, ``c += δ‖w₀ᵢ‖²``).
+        See :meth:`LassoProblem.from_layer_statistics` (``G = W₀ C``, ``c_i = w₀ᵢ D w₀ᵢᵀ``,
+        the damping); with ``normalize`` every statistic is divided by the token count (a
+        per-token objective, so ``λ`` does not depend on the calibration size).
         """
         if self.n_tokens == 0:
             raise ValueError("no tokens were accumulated; call add() before to_problem()")
-        if damp < 0:
-            raise ValueError(f"damp must be >= 0, got {damp}")
-        W0 = as_tensor(W0, "W0", dtype=self.dtype, device=self.device)
-        if W0.ndim != 2 or W0.shape[1] != self.d_in:
-            raise ValueError(f"W0 must have shape (d_out, d_in) = (?, {self.d_in}), got {tuple(W0.shape)}")
-        check_finite(W0, "W0")
         scale = 1.0 / self.n_tokens if normalize else 1.0
         H = self.H * scale
-        C = H if self.C is None else self.C * scale
-        D = H if self.D is None else self.D * scale
-        G = W0 @ C
-        c = ((W0 @ D) * W0).sum(1).clamp_min(0)
-        if damp > 0:
-            # ridge toward the dense weight, ½δ‖W − W₀‖² (SparseGPT's damping of the
-            # Hessian of ‖(W − W₀)Xᵀ‖²), not toward zero: δ enters H, G and c together,
-            # so the unpruned minimizer stays W₀ when X* = X.
-            delta = damp * torch.diagonal(H).mean()
-            H = H + delta * torch.eye(self.d_in, dtype=H.dtype, device=H.device)
-            G = G + delta * W0
-            c = c + delta * (W0 * W0).sum(1)
-        return LassoProblem(H=H, G=G, c=c, lam=lam, **kwargs)
+        C = None if self.C is None else self.C * scale
+        D = None if self.D is None else self.D * scale
+        return LassoProblem.from_layer_statistics(W0, H, lam, C=C, D=D, damp=damp, **kwargs)
 
 
 class DataStatsAccumulator:

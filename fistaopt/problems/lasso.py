@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fistaopt import _io
 from fistaopt.problems.validation import as_tensor, check_finite
 
 logger = logging.getLogger(__name__)
@@ -160,15 +161,53 @@ class LassoProblem:
 
         ``W0 (d_out, d_in)``, ``X, X_star (n, d_in)``.  ``damp`` adds the ridge
         ``½δ‖W − W₀‖²``, ``δ = damp · mean(diag H)`` (relative damping, as SparseGPT).
+        Streaming the same statistics batch by batch:
+        :class:`~fistaopt.problems.accumulate.LayerStatsAccumulator`.
         """
-        from fistaopt.problems.accumulate import LayerStatsAccumulator
-
         X = as_tensor(X, "X")
         if X.ndim != 2:
             raise ValueError(f"X must have shape (n, d_in), got {tuple(X.shape)}")
-        acc = LayerStatsAccumulator(X.shape[1], dtype=X.dtype, device=X.device)
-        acc.add(X, X_star)
-        return acc.to_problem(W0, lam, damp=damp, normalize=False, **kwargs)
+        check_finite(X, "X")
+        if X_star is None:
+            H = X.T @ X
+            return cls.from_layer_statistics(W0, H, lam, damp=damp, **kwargs)
+        Xs = as_tensor(X_star, "X_star", dtype=X.dtype, device=X.device)
+        if Xs.ndim != 2 or Xs.shape[1] != X.shape[1]:
+            raise ValueError(f"X_star must have last dimension d_in = {X.shape[1]}, got shape {tuple(Xs.shape)}")
+        if Xs.shape[0] != X.shape[0]:
+            raise ValueError(f"X and X_star must hold the same tokens: {X.shape[0]} vs {Xs.shape[0]} rows")
+        check_finite(Xs, "X_star")
+        return cls.from_layer_statistics(W0, Xs.T @ Xs, lam, C=X.T @ Xs, D=X.T @ X, damp=damp, **kwargs)
+
+    @classmethod
+    def from_layer_statistics(
+        cls, W0: Any, H: torch.Tensor, lam: Any = 0.0, *, C: torch.Tensor | None = None,
+        D: torch.Tensor | None = None, damp: float = 0.0, **kwargs: Any,
+    ) -> "LassoProblem":
+        """The layer problem from ``H = X*ᵀX*``, ``C = XᵀX*`` and ``D = XᵀX`` (all ``(d_in, d_in)``).
+
+        ``G = W₀ C`` and ``c_i = w₀ᵢ D w₀ᵢᵀ`` (``C = D = H`` when None, i.e. ``X* = X``).
+        ``damp`` adds the ridge ``½δ‖W − W₀‖²`` with ``δ = damp · mean(diag H)``
+        (``H += δI``, ``G += δW₀``, ``c += δ‖w₀ᵢ‖²``): SparseGPT's damping of the Hessian
+        of ``‖(W − W₀)Xᵀ‖²``, so the unpruned minimizer stays ``W₀`` when ``X* = X``.
+        """
+        if damp < 0:
+            raise ValueError(f"damp must be >= 0, got {damp}")
+        d_in = H.shape[-1]
+        W0 = as_tensor(W0, "W0", dtype=H.dtype, device=H.device)
+        if W0.ndim != 2 or W0.shape[1] != d_in:
+            raise ValueError(f"W0 must have shape (d_out, d_in) = (?, {d_in}), got {tuple(W0.shape)}")
+        check_finite(W0, "W0")
+        C = H if C is None else C
+        D = H if D is None else D
+        G = W0 @ C
+        c = ((W0 @ D) * W0).sum(1).clamp_min(0)
+        if damp > 0:
+            delta = damp * torch.diagonal(H).mean()
+            H = H + delta * torch.eye(d_in, dtype=H.dtype, device=H.device)
+            G = G + delta * W0
+            c = c + delta * (W0 * W0).sum(1)
+        return cls(H=H, G=G, c=c, lam=lam, **kwargs)
 
     # ------------------------------------------------------------------ validation
     def _check_lam(self, lam: Any) -> torch.Tensor:
@@ -459,8 +498,6 @@ class LassoProblem:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, **metadata: Any) -> None:
         """Write ``H, G, c, lam`` (+ mask, penalty weights, metadata) to a ``.pt`` file atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         payload = {
             "format": "fistaopt.LassoProblem/1",
             "H": self.H.cpu(), "G": self.G.cpu(), "c": self.c.cpu(), "lam": self.lam.cpu(),
@@ -468,8 +505,7 @@ class LassoProblem:
             "penalty_weights": None if self.penalty_weights is None else self.penalty_weights.cpu(),
             "metadata": metadata,
         }
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        _io.write_with(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | Path, *, device: Any = None) -> "LassoProblem":

