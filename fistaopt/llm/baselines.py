@@ -123,65 +123,24 @@ def sparsegpt(
     if int(blocksize) < 1:
         raise ValueError(f"blocksize must be >= 1, got {blocksize}")
 
-    W = W0.detach().to(dtype).clone()
-    H = H.detach().to(device=W.device, dtype=dtype).clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    diag = torch.arange(d_in, device=W.device)
-    H[diag, diag] += damp * torch.diagonal(H).mean()
-    # Upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U).
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    U = torch.linalg.cholesky(Hinv, upper=True)
-
+    W, U = _inverse_hessian_factor(W0.detach().to(dtype).clone(), H, damp)
     nm = pattern.kind == "nm"
     if nm:
-        n, m = int(pattern.n), int(pattern.m)
-        blocksize = max(m, (int(blocksize) // m) * m)
-        total_prune = 0
-    else:
-        total_prune = _prune_counts(pattern, d_out, d_in)
+        blocksize = max(int(pattern.m), (int(blocksize) // int(pattern.m)) * int(pattern.m))
+    total_prune = 0 if nm else _prune_counts(pattern, d_out, d_in)
     row_scope = not nm and pattern.scope != "layer"
 
     pruned = torch.zeros(d_out, d_in, dtype=torch.bool, device=W.device)
     done_prune = 0  # prunes allotted to the blocks so far (per row, or total for layer scope)
     for i1 in range(0, d_in, blocksize):
         i2 = min(i1 + blocksize, d_in)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        d1 = torch.diagonal(U1)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         mask1 = torch.zeros_like(W1, dtype=torch.bool)  # True = pruned
-
         if not nm:
             upto = (total_prune * i2) // d_in
-            k = upto - done_prune
+            _select_unstructured(mask1, W1, torch.diagonal(U1), upto - done_prune, row_scope)
             done_prune = upto
-            if k > 0:
-                saliency = W1**2 / d1.unsqueeze(0) ** 2
-                if row_scope:
-                    idx = torch.topk(saliency, k, dim=1, largest=False).indices
-                    mask1.scatter_(1, idx, True)
-                else:
-                    idx = torch.topk(saliency.flatten(), k, largest=False).indices
-                    mask1.view(-1)[idx] = True
-
-        for i in range(count):
-            w = W1[:, i]
-            if nm and i % m == 0:
-                saliency = W1[:, i : i + m] ** 2 / d1[i : i + m].unsqueeze(0) ** 2
-                idx = torch.topk(saliency, m - n, dim=1, largest=False).indices
-                mask1[:, i : i + m].scatter_(1, idx, True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (w - q) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-
+        Q1, Err1 = _prune_columns(W1, U1, mask1, pattern if nm else None)
         W[:, i1:i2] = Q1
         pruned[:, i1:i2] = mask1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
@@ -189,3 +148,53 @@ def sparsegpt(
     mask = ~pruned
     W = (W * mask).to(W0.dtype)
     return W, mask
+
+
+def _inverse_hessian_factor(W: torch.Tensor, H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, U)``: ``U`` the upper Cholesky factor of the damped ``H⁻¹ = UᵀU`` ``(d_in, d_in)``.
+
+    Dead inputs (``H_jj = 0``) get ``H_jj = 1`` and their column of ``W`` is zeroed (in place).
+    """
+    H = H.detach().to(device=W.device, dtype=W.dtype).clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    diag = torch.arange(H.shape[0], device=W.device)
+    H[diag, diag] += damp * torch.diagonal(H).mean()
+    L = torch.linalg.cholesky(H)
+    return W, torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+
+def _select_unstructured(mask1: torch.Tensor, W1: torch.Tensor, d1: torch.Tensor, k: int, row_scope: bool) -> None:
+    """Mark (in ``mask1``) the ``k`` lowest OBS saliencies ``w²/[U]_jj²`` of a column block: per row or overall."""
+    if k <= 0:
+        return
+    saliency = W1**2 / d1.unsqueeze(0) ** 2
+    if row_scope:
+        mask1.scatter_(1, torch.topk(saliency, k, dim=1, largest=False).indices, True)
+    else:
+        mask1.view(-1)[torch.topk(saliency.flatten(), k, largest=False).indices] = True
+
+
+def _prune_columns(W1: torch.Tensor, U1: torch.Tensor, mask1: torch.Tensor, nm: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune a column block left to right, spreading each column's error over the later ones.
+
+    ``W1 (d_out, b)`` is updated in place; for an N:M pattern ``nm`` the mask of each
+    group of M columns is chosen when the group is reached (on the updated weights).
+    Returns the pruned block ``Q1`` and the scaled errors ``Err1`` (both ``(d_out, b)``).
+    """
+    Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+    d1 = torch.diagonal(U1)
+    for i in range(W1.shape[1]):
+        w = W1[:, i]
+        if nm is not None and i % nm.m == 0:
+            saliency = W1[:, i : i + nm.m] ** 2 / d1[i : i + nm.m].unsqueeze(0) ** 2
+            idx = torch.topk(saliency, nm.m - nm.n, dim=1, largest=False).indices
+            mask1[:, i : i + nm.m].scatter_(1, idx, True)
+        q = w.clone()
+        q[mask1[:, i]] = 0
+        Q1[:, i] = q
+        err = (w - q) / U1[i, i]
+        W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+        Err1[:, i] = err
+    return Q1, Err1

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -73,12 +74,7 @@ def prune(
     model.eval()
     inputs = capture_block_inputs(model, batches)
     stream = make_stream(config.block_inputs, inputs.hidden)
-    start = 0
-    state = ckpt.load() if ckpt is not None else None
-    if ckpt is not None and state is not None:
-        start, saved, report.records = ckpt.restore(blocks, state)
-        if saved is not None:
-            stream.restore(saved)
+    start = _resume(ckpt, blocks, stream, report) if ckpt is not None else 0
     bar = tqdm(total=sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
                desc=f"prune {config.method}", unit="op", disable=not progress)
 
@@ -91,16 +87,12 @@ def prune(
         for i in range(start, selected[-1] + 1):
             calls = [c[i] for c in inputs.calls]
             last = i == selected[-1]
-            if exec_device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(exec_device)
-            if i in selected:
-                prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
-                            on_operator=on_operator, accumulator=accumulator)
-            else:  # a block that stays dense: pass the calibration inputs through
-                _run_dense(blocks[i], lambda: stream.pass_through(blocks[i], calls, exec_device), exec_device)
-            if exec_device.type == "cuda":  # what one block needed on the accelerator
-                peak = report.totals.setdefault("peak_device_bytes_per_block", {})
-                peak[str(i)] = int(torch.cuda.max_memory_allocated(exec_device))
+            with _peak_memory(exec_device, report, i):
+                if i in selected:
+                    prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
+                                on_operator=on_operator, accumulator=accumulator)
+                else:  # a block that stays dense: pass the calibration inputs through
+                    _run_dense(blocks[i], lambda: stream.pass_through(blocks[i], calls, exec_device), exec_device)
             if ckpt is not None:
                 ckpt.save(i, blocks[i], None if last else stream.state(), report.records)
             if callback is not None:
@@ -111,6 +103,29 @@ def prune(
     report.summarize()
     report.totals["wall_seconds"] = time.perf_counter() - t_start
     return report
+
+
+def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport) -> int:
+    """Restore a committed checkpoint (blocks, stream, records); the block to continue with."""
+    state = ckpt.load()
+    if state is None:
+        return 0
+    start, saved, report.records = ckpt.restore(blocks, state)
+    if saved is not None:
+        stream.restore(saved)
+    return start
+
+
+@contextmanager
+def _peak_memory(device: torch.device, report: PruneReport, index: int) -> Iterator[None]:
+    """Record in the report what block ``index`` needed on an accelerator (weights, copies, statistics)."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.reset_peak_memory_stats(device)
+    yield
+    peak = report.totals.setdefault("peak_device_bytes_per_block", {})
+    peak[str(index)] = int(torch.cuda.max_memory_allocated(device))
 
 
 @torch.no_grad()

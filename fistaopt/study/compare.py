@@ -97,6 +97,36 @@ def compare(
     """
     from tqdm import tqdm
 
+    specs, named, extra = _check_inputs(problems, solvers, tol, max_iter, time_limit, reference, solver_options)
+    if warmup:
+        _warmup(specs)
+    runs: list[Run] = []
+    bar = tqdm(total=len(named) * len(specs), desc="compare", unit="run", disable=not progress)
+    try:
+        for np_ in named:
+            for spec in specs:
+                bar.set_postfix_str(f"{spec.label} on {np_.name}", refresh=False)
+                runs.append(_run_one(np_, spec, tol, max_iter, time_limit, extra.get(spec.label, {})))
+                bar.update(1)
+    finally:
+        bar.close()
+
+    references = {p.name: _reference(p.name, [r for r in runs if r.problem == p.name], reference) for p in named}
+    records = [_record(r, references[r.problem], {p.name: p.metadata for p in named}[r.problem], milestones)
+               for r in runs]
+    traces_data = {(r.solver, r.problem): r.result.trace.as_dict() for r in runs if r.result is not None}
+    settings = {"tol": tol, "max_iter": max_iter, "time_limit": time_limit, "reference": reference,
+                "solvers": {s.label: {"solver": s.name, **dict(s.options)} for s in specs},
+                "milestones": list(milestones)}
+    return StudyResult(runs=runs, references=references, problems={p.name: dict(p.metadata) for p in named},
+                       settings=settings, records=records, traces_data=traces_data)
+
+
+def _check_inputs(
+    problems: Sequence[NamedProblem | LassoProblem], solvers: Sequence[str | Spec], tol: float, max_iter: int,
+    time_limit: float | None, reference: str, solver_options: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[list[Spec], list[NamedProblem], dict[str, Mapping[str, Any]]]:
+    """The arguments of :func:`compare`, checked: ``(specs, named problems, options per label)``."""
     specs = [solver_spec(s) for s in solvers]
     if not specs:
         raise ValueError("solvers must name at least one solver; valid solvers: " + ", ".join(available_solvers()))
@@ -124,29 +154,7 @@ def compare(
     unknown = sorted(set(extra) - set(labels))
     if unknown:
         raise ValueError(f"solver_options names solver(s) {unknown} that are not in the study {labels}")
-
-    if warmup:
-        _warmup(specs)
-    runs: list[Run] = []
-    bar = tqdm(total=len(named) * len(specs), desc="compare", unit="run", disable=not progress)
-    try:
-        for np_ in named:
-            for spec in specs:
-                bar.set_postfix_str(f"{spec.label} on {np_.name}", refresh=False)
-                runs.append(_run_one(np_, spec, tol, max_iter, time_limit, extra.get(spec.label, {})))
-                bar.update(1)
-    finally:
-        bar.close()
-
-    references = {p.name: _reference(p.name, [r for r in runs if r.problem == p.name], reference) for p in named}
-    records = [_record(r, references[r.problem], {p.name: p.metadata for p in named}[r.problem], milestones)
-               for r in runs]
-    traces_data = {(r.solver, r.problem): r.result.trace.as_dict() for r in runs if r.result is not None}
-    settings = {"tol": tol, "max_iter": max_iter, "time_limit": time_limit, "reference": reference,
-                "solvers": {s.label: {"solver": s.name, **dict(s.options)} for s in specs},
-                "milestones": list(milestones)}
-    return StudyResult(runs=runs, references=references, problems={p.name: dict(p.metadata) for p in named},
-                       settings=settings, records=records, traces_data=traces_data)
+    return specs, named, extra
 
 
 def _warmup(specs: Sequence[Spec]) -> None:

@@ -68,7 +68,9 @@ class Spec:
         text = spec.strip()
         m = _SPEC.fullmatch(text)
         if not m:
-            raise ValueError(f"cannot parse {text!r}; use NAME or NAME[option=value,...]")
+            name, at, options = text.partition("@")
+            hint = f" (e.g. {name}[{options}])" if at else ""
+            raise ValueError(f"cannot parse {text!r}; use NAME or NAME[option=value,...]{hint}")
         options: dict[str, Any] = {}
         for item in filter(str.strip, _split_top_level(m.group(2) or "", "([", ")]")):
             key, eq, value = item.partition("=")
