@@ -118,6 +118,9 @@ def test_prune_layer_xi_rule_and_paper_mode():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(solver="cvxpy"), "verifier"), (dict(solver="newton"), "unknown solver"),
     (dict(lam_rule="magic"), "lam_rule"), (dict(penalty="l2"), "penalty"), (dict(rounds=-1), ">= 0"),
+    (dict(xi=1.5), "xi"), (dict(quantiles=()), "quantiles"),
+    (dict(tol=1e-8), "tol: set by the layer prune itself"), (dict(max_iter=5), "max_iter: set by the layer prune"),
+    (dict(rho=1.0), "unknown option.*rho.*valid fista options"),
 ])
 def test_prune_layer_bad_input(kwargs, match):
     prob, W0, X = layer_problem(8, 16)
@@ -133,3 +136,19 @@ def test_prune_layer_rejects_warm_start_off_pattern_and_bad_shapes():
         prune_layer(layer_problem(8, 18)[0], "2:4")
     with pytest.raises(TypeError):
         prune_layer(W0, "2:4")
+
+
+def test_layer_options_object_and_overrides_agree():
+    """An options object and the same keyword overrides prune identically; solver options reach the solver."""
+    from fistaopt.layer import LayerOptions, split_options
+
+    prob, W0, X = layer_problem(8, 16)
+    a = prune_layer(prob, "unstructured", sparsity=0.5, options=LayerOptions(rounds=1, round_iter=5))
+    b = prune_layer(prob, "unstructured", sparsity=0.5, rounds=1, round_iter=5)
+    assert torch.equal(a.W, b.W) and a.n_iter == b.n_iter
+    layer, solver = split_options("admm", {"rounds": 1, "rho": 2.0})
+    assert layer == LayerOptions(rounds=1) and solver == {"rho": 2.0}
+    with pytest.raises(ValueError, match="callback"):  # the layer prune owns the stopping rule
+        prune_layer(prob, "unstructured", sparsity=0.5, callback=lambda iteration, W, info: False)
+    unpreconditioned = prune_layer(prob, "unstructured", sparsity=0.5, rounds=1, round_iter=5, precondition=False)
+    assert not torch.equal(unpreconditioned.W, b.W)  # the solver option changed the solve
