@@ -100,6 +100,12 @@ def test_short_calibration_text_is_one_line(tiny_folder, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_bos_always_without_a_bos_token_is_one_line(tiny_folder, tmp_path, capsys):
+    rc = main([*_prune_args(tiny_folder, tmp_path), "--bos", "always", "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, rc, "--bos: .*no bos_token_id")
+    assert not (tmp_path / "o").exists()
+
+
 def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -120,6 +126,7 @@ def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
     assert report["settings"]["bos"] == "auto" and report["seed"] == 0
     assert report["perplexity_before"]["ppl"] > 0 and report["perplexity_after"]["ppl"] > 0
     assert report["perplexity_after"]["bos_token_id"] is None  # the char tokenizer adds no BOS
+    assert report["calibration"]["bos"] == "auto" and report["calibration"]["bos_token_id"] is None
     versions = report["versions"]
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
     assert "gguf" in versions and "tokenizers" in versions and len(report["records"]) == 14

@@ -12,6 +12,8 @@ import platform
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fistaopt.llm.data import BOS_CHOICES
+
 #: Packages whose versions a prune report records (when installed).
 REPORTED_PACKAGES = ("fistaopt", "torch", "transformers", "safetensors", "tokenizers", "accelerate", "gguf",
                      "numpy", "lm-eval")
@@ -146,6 +148,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="device for the current block and the evaluation (default: cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--eval-text", default=None, help="evaluation text file (default: the shipped WikiText-2 raw test)")
-    p.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
+    p.add_argument("--bos", choices=BOS_CHOICES, default="auto",
                    help="start every calibration/evaluation window with BOS: auto = when the tokenizer adds one")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -38,13 +38,22 @@ def evaluation_tokens(tokenizer: Any, path: Path | None) -> Any:
         raise UsageError(f"--eval-text: {str(e).splitlines()[0]}") from None
 
 
+def resolve_bos(tokenizer: Any, bos: str) -> int | None:
+    """The BOS id every window starts with under ``--bos`` (None: no BOS), or a usage error."""
+    from fistaopt.llm.data import bos_token_id
+
+    try:
+        return bos_token_id(tokenizer, bos)
+    except ValueError as e:
+        raise UsageError(f"--bos: {e}") from None
+
+
 def measure(model: Any, tokenizer: Any, tokens: Any, seqlen: int, max_tokens: int | None, device: str | None,
             bos: str, progress: bool) -> dict[str, Any]:
     """Perplexity (with seconds) under the BOS rule ``bos``, as a plain dict."""
-    from fistaopt.llm.data import bos_token_id
     from fistaopt.llm.evaluate import perplexity
 
-    bos_id = bos_token_id(tokenizer, bos)
+    bos_id = resolve_bos(tokenizer, bos)
     t0 = time.perf_counter()
     try:
         res = perplexity(model, tokens, seqlen=seqlen, max_tokens=max_tokens, device=device, progress=progress,

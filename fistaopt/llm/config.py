@@ -22,13 +22,13 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.llm.data import BOS_CHOICES
 from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
 from fistaopt.llm.streams import BLOCK_INPUT_MODES
 from fistaopt.sparsity import Pattern, parse_pattern
 
 WARM_STARTS = ("auto", "none", *BASELINES)
 STATS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-BOS_CHOICES = ("auto", "always", "never")
 DEFAULT_SPARSITY = 0.5
 
 
