@@ -3,7 +3,7 @@
     python benchmarks/study_api_doc.py > docs/api.md
 
 Only what users call is listed: the package face (``fistaopt``), the solvers and their
-options, studies and plots.  Rerun after changing a public docstring.
+options, studies, pruning (one layer, a model) and plots.  Rerun after changing a public docstring.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
                                                      "StudyResult", "Spec", "solver_spec", "split_specs",
                                                      "lambda_path", "LambdaPath",
                                                      "sparsity"]),
+    ("Pruning one layer (`fistaopt.layer`)", "fistaopt.layer", ["prune_layer", "LayerOptions", "LayerResult",
+                                                               "masked_refit"]),
+    ("Pruning a model (`fistaopt.llm`)", "fistaopt.llm", ["prune", "PruneConfig", "PruneReport", "OperatorRecord"]),
     ("Plots (`fistaopt.plots`)", "fistaopt.plots", ["plot_gap", "plot_suboptimality", "plot_convergence",
                                                    "plot_sparsity_path", "plot_prune_report", "operator_records",
                                                    "load_report", "save_figure"]),
