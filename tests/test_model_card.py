@@ -121,6 +121,7 @@ def test_licence_inherited_from_a_folder_card_and_a_gguf_file(tmp_path):
     text = model_card({"settings": {"method": "wanda"}, "records": []}, source=gguf_path)
     meta = front_matter(text)
     assert meta["license"] == "mit" and "base_model" not in meta and str(gguf_path) in text
+    assert "\n# base.gguf pruned with fistaopt" in text  # the title names the file, not its path
 
 
 def test_hub_id():

@@ -143,10 +143,11 @@ def _front(base_model: str | None, license: str | None, settings: Mapping[str, A
 def _summary(report: Mapping[str, Any], source: str | None, base_model: str | None) -> list[str]:
     settings, totals = report.get("settings", {}), report.get("totals", {})
     base = base_model or source or "the base model"
+    title = base if base_model or source is None or not Path(source).expanduser().exists() else Path(source).name
     pattern = settings.get("pattern", "unstructured")
     target = pattern if ":" in str(pattern) else f"{_fmt(settings.get('sparsity'))} unstructured ({pattern})"
     lines = [
-        f"# {base} pruned with fistaopt ({settings.get('method', '?')}, {target})", "",
+        f"# {title} pruned with fistaopt ({settings.get('method', '?')}, {target})", "",
         f"`{base}` with the linear layers of its decoder blocks pruned by "
         "fistaopt (layer-wise ℓ1 reconstruction, FISTAPruner).",
     ]
