@@ -126,20 +126,20 @@ def test_float64_is_never_stopped_by_the_stall_rule():
 
 # ---------------------------------------------------------------------------- auto
 def test_auto_rule():
-    sparse = fo.make_problem("llm-like", 32, 64, lam_ratio=0.1)
-    dense = fo.make_problem("iid", 32, 64, lam_ratio=1e-3)
-    assert auto.violating_fraction(sparse) <= auto.CD_MAX_VIOLATING < auto.violating_fraction(dense)
+    sparse = fo.make_problem("llm-like", 32, 640, lam_ratio=0.1)
+    dense = fo.make_problem("iid", 32, 640, lam_ratio=1e-3)
+    assert auto.violators_per_row(sparse) <= auto.CD_MAX_VIOLATORS < auto.violators_per_row(dense)
     assert auto.choose(sparse) == "cd"
     assert auto.choose(dense) == "admm"
     assert auto.choose(sparse, dtype=torch.float32) == "fista"
     assert auto.choose(sparse, device="meta") == "fista"
-    refit = sparse.with_lam(0.0).with_mask(torch.ones(32, 64, dtype=torch.bool))
+    refit = sparse.with_lam(0.0).with_mask(torch.ones(32, 640, dtype=torch.bool))
     assert auto.choose(refit) == "admm"
 
 
-@pytest.mark.parametrize("kind, lam_ratio, picked", [("llm-like", 0.1, "cd"), ("iid", 1e-3, "admm")])
-def test_auto_solves_with_its_pick(kind, lam_ratio, picked):
-    p = fo.make_problem(kind, 16, 24, lam_ratio=lam_ratio, seed=3)
+@pytest.mark.parametrize("kind, d_in, lam_ratio, picked", [("llm-like", 24, 0.1, "cd"), ("iid", 400, 1e-3, "admm")])
+def test_auto_solves_with_its_pick(kind, d_in, lam_ratio, picked):
+    p = fo.make_problem(kind, 8, d_in, lam_ratio=lam_ratio, seed=3)
     r = fo.solve(p, "auto", tol=1e-9, max_iter=20_000)
     assert r.options["picked"] == picked and r.solver == picked
     assert r.converged and r.rel_gap <= 1e-9

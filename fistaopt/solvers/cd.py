@@ -43,6 +43,9 @@ from fistaopt.solvers.cd_sweeps import ColumnSweep, RowSweep
 from fistaopt.solvers.screening import entry_scores, gap_safe_zeros
 
 
+GROWTH = 2
+
+
 @dataclass
 class CD(Solver):
     """Cyclic coordinate descent on the Gram form (see module docstring).
@@ -129,12 +132,12 @@ class CD(Solver):
             return [ColumnSweep(H, rows, grad, G, thr, fixed, active, open_cols, self.anderson,
                                 self.block_size)] if len(active) else []
         support = (rows[active] != 0).sum(1)
-        need = torch.clamp(2 * support, min=self.min_working_set)
+        need = torch.clamp(GROWTH * support, min=self.min_working_set)
         size = torch.pow(2, torch.ceil(torch.log2(need.double()))).long()
         scores = entry_scores(problem, grad.view(problem.w_shape), info, fixed.view(problem.w_shape)).reshape(-1, d)
         scores = torch.where(rows != 0, torch.full_like(scores, -math.inf), scores)
         sweeps = []
-        wide = size > d // 2
+        wide = size > d // 4
         if bool(wide.any()):
             sweeps.append(ColumnSweep(H, rows, grad, G, thr, fixed, active[wide], open_cols, self.anderson,
                                       self.block_size))

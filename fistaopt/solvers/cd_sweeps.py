@@ -43,8 +43,8 @@ def _thresholds(thr: torch.Tensor, fixed: torch.Tensor, diag: torch.Tensor) -> t
 class _Sweep:
     """Shared state of a group: ``Wt, gt, Gt`` and the ℓ1 weights ``pen``, all ``(s, R_b)``.
 
-    Subclasses set ``rows``, those arrays, ``anderson`` (``K``, 0: off) and ``_history``,
-    and implement :meth:`_sweep` (one epoch), :meth:`_times_H` and :meth:`write`.
+    Subclasses set ``rows``, those arrays, ``anderson`` (``K``, 0: off), ``_history`` and
+    ``_failed``, and implement :meth:`_sweep` (one epoch), :meth:`_times_H` and :meth:`write`.
     """
 
     rows: torch.Tensor
@@ -62,12 +62,12 @@ class _Sweep:
                 self._extrapolate()
                 self._history = [self.Wt.clone()]
 
-    def _objective(self, Wt: torch.Tensor, HW: torch.Tensor) -> torch.Tensor:
-        """Per-row objective up to the constant ``½ c``: ``½ wᵀHw − ⟨G, w⟩ + Σ λω|w|``, ``(R_b,)``."""
-        return (Wt * (0.5 * HW - self.Gt) + self.pen * Wt.abs()).sum(0)
+    def _objective(self, Wt: torch.Tensor, HW: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """Objective of rows ``sel`` up to the constant ``½ c``: ``½ wᵀHw − ⟨G, w⟩ + Σ λω|w|``."""
+        return (Wt * (0.5 * HW - self.Gt[:, sel]) + self.pen[:, sel] * Wt.abs()).sum(0)
 
     def _extrapolate(self) -> None:
-        """Anderson extrapolation of the last ``K + 1`` iterates, then the support solve."""
+        """Anderson extrapolation of the last ``K + 1`` iterates, then the support solves."""
         X = torch.stack(self._history)  # (K + 1, s, R_b)
         U = X[1:] - X[:-1]
         C = torch.einsum("ksr,lsr->rkl", U, U)
@@ -75,55 +75,69 @@ class _Sweep:
         C = C + reg[:, None, None] * torch.eye(C.shape[1], dtype=C.dtype, device=C.device)
         z, info = torch.linalg.solve_ex(C, torch.ones(C.shape[:2], dtype=C.dtype, device=C.device))
         c = z / z.sum(1, keepdim=True)
-        self._take_if_better(torch.einsum("rk,ksr->sr", c, X[1:]), (info == 0) & torch.isfinite(c).all(1))
-        support_point = self._support_solve()
-        if support_point is not None:
-            self._take_if_better(*support_point)
+        ok = (info == 0) & torch.isfinite(c).all(1)
+        every = torch.arange(self.Wt.shape[1], device=self.Wt.device)
+        self._take_if_better(torch.einsum("rk,ksr->sr", c, X[1:]), every, ok)
+        self._support_solves()
 
-    def _take_if_better(self, candidate: torch.Tensor, valid: torch.Tensor) -> None:
-        """Move each row to ``candidate`` (``(s, R_b)``) where it is valid and lowers the objective."""
-        HW = self._times_H(candidate)
-        better = valid & (self._objective(candidate, HW) < self._objective(self.Wt, self.gt + self.Gt))
-        if bool(better.any()):
-            self.Wt[:, better] = candidate[:, better]
-            self.gt[:, better] = HW[:, better] - self.Gt[:, better]
+    def _take_if_better(self, candidate: torch.Tensor, sel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Move the rows ``sel`` of the group to ``candidate`` (``(s, len(sel))``) where it is
+        valid and lowers their objective; returns which of them moved."""
+        HW = self._times_H(candidate, sel)
+        now = self._objective(self.Wt[:, sel], self.gt[:, sel] + self.Gt[:, sel], sel)
+        better = valid & (self._objective(candidate, HW, sel) < now)
+        moved = sel[better]
+        if len(moved):
+            self.Wt[:, moved] = candidate[:, better]
+            self.gt[:, moved] = HW[:, better] - self.Gt[:, moved]
+        return better
 
-    def _support_solve(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per row whose support and signs did not change over the last ``K`` epochs, the
-        exact minimiser on that support ``S``, ``w_S = H_SS⁻¹ (G_S − λω_S sign(w_S))``
-        (one batched Cholesky of the ``(k, k)`` support blocks); None if no row is ready."""
+    def _support_solves(self) -> None:
+        """Per row whose support and signs held over the last ``K`` epochs (and that did not
+        already fail with them), the exact minimiser on that support ``S``,
+        ``w_S = H_SS⁻¹ (G_S − λω_S sign(w_S))``: batched Cholesky solves of the ``(k, k)``
+        support blocks, rows grouped by ``k`` rounded up to a power of two."""
         signs = torch.sign(self.Wt)
         ready = (signs == torch.sign(self._history[0])).all(0) & (signs != 0).any(0)
-        if not bool(ready.any()):
-            return None
-        group_rows = torch.nonzero(ready).flatten()
-        on = signs[:, group_rows].T != 0  # (R_r, s)
-        k = int(on.sum(1).max())
+        if self._failed is not None:
+            ready &= ~(signs == self._failed).all(0)
+        size = (signs != 0).sum(0)
+        bucket = torch.pow(2, torch.ceil(torch.log2(size.clamp_min(1).double()))).long()
+        for k in torch.unique(bucket[ready]).tolist():
+            sel = torch.nonzero(ready & (bucket == k)).flatten()
+            candidate, valid = self._support_point(signs[:, sel], sel, min(k, self.Wt.shape[0]))
+            better = self._take_if_better(candidate, sel, valid)
+            failed = sel[~better]
+            if len(failed):
+                if self._failed is None:
+                    self._failed = torch.zeros_like(signs)
+                self._failed[:, failed] = signs[:, failed]
+
+    def _support_point(self, signs: torch.Tensor, sel: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, len(sel))`` minimisers on the supports of ``signs`` (at most ``k`` each), and validity."""
+        on = signs.T != 0  # (R_r, s)
         # support coordinates first (stable sort keeps their order), padded with others
         idx = torch.argsort((~on).to(torch.int8), dim=1, stable=True)[:, :k]
         real = torch.gather(on, 1, idx)
-        both = real[:, :, None] & real[:, None, :]
-        A = torch.where(both, self._local_H(idx, group_rows), torch.zeros((), dtype=self.Wt.dtype))
-        A = A + torch.diag_embed((~real).to(A.dtype))
-        pick = (idx.T, group_rows[None, :])  # (k, R_r) entries of the group's arrays
-        b = torch.where(real.T, self.Gt[pick] - self.pen[pick] * signs[pick], torch.zeros((), dtype=A.dtype))
+        A = self._local_H(idx, sel) * (real[:, :, None] & real[:, None, :])
+        A.diagonal(dim1=1, dim2=2).add_((~real).to(A.dtype))
+        pick = (idx.T, sel[None, :])  # (k, R_r) entries of the group's arrays
+        b = (self.Gt[pick] - self.pen[pick] * torch.gather(signs, 0, idx.T)) * real.T
         L, info = torch.linalg.cholesky_ex(A)
-        x = torch.cholesky_solve(b.T[..., None], L)[..., 0]
-        candidate = self.Wt.clone()
-        candidate[:, group_rows] = 0
-        candidate[pick] = torch.where(real.T, x.T, torch.zeros((), dtype=x.dtype))
-        valid = torch.zeros_like(ready)
-        valid[group_rows] = (info == 0) & torch.isfinite(x).all(1)
-        return candidate, valid
+        x = torch.cholesky_solve(b.T[..., None], L)[..., 0] * real
+        candidate = torch.zeros_like(signs)
+        candidate.scatter_(0, idx.T, x.T)
+        return candidate, (info == 0) & torch.isfinite(x).all(1)
 
-    def _local_H(self, idx: torch.Tensor, group_rows: torch.Tensor) -> torch.Tensor:
-        """``(R_r, k, k)``: the ``H`` entries between the group's coordinates ``idx`` of each row."""
+    def _local_H(self, idx: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """``(R_r, k, k)``: the ``H`` entries between the group's coordinates ``idx`` of rows ``sel``."""
         raise NotImplementedError
 
     def _sweep(self) -> None:
         raise NotImplementedError
 
-    def _times_H(self, Wt: torch.Tensor) -> torch.Tensor:
+    def _times_H(self, Wt: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """``H w`` for the rows ``sel`` of the group, ``Wt`` of shape ``(s, len(sel))``."""
         raise NotImplementedError
 
 
@@ -144,6 +158,7 @@ class RowSweep(_Sweep):
         self.lo = -self.hi
         self.pen = torch.where(fixed[pick], torch.zeros_like(self.Gt), thr[pick])
         self._history = [self.Wt.clone()] if anderson else []
+        self._failed: torch.Tensor | None = None  # signs of rows whose support solve was refused
         # one view per coordinate, made once: indexing costs as much as a small kernel
         self._steps = list(zip(self.Wt, self.gt, self.inv, self.lo, self.hi, self.Hs))
         self._clamped = torch.empty_like(self.Wt[0]) if len(ct) else None
@@ -157,11 +172,12 @@ class RowSweep(_Sweep):
             gt.addcmul_(H_t, delta)
             w.add_(delta)
 
-    def _times_H(self, Wt: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("tur,ur->tr", self.Hs, Wt)
+    def _times_H(self, Wt: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        Hs = self.Hs if len(sel) == self.Hs.shape[2] else self.Hs[:, :, sel]
+        return torch.einsum("tur,ur->tr", Hs, Wt)
 
-    def _local_H(self, idx: torch.Tensor, group_rows: torch.Tensor) -> torch.Tensor:
-        return self.Hs[idx[:, :, None], idx[:, None, :], group_rows[:, None, None]]
+    def _local_H(self, idx: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        return self.Hs[idx[:, :, None], idx[:, None, :], sel[:, None, None]]
 
     def write(self, W: torch.Tensor) -> None:
         W[self.rows[:, None], self.cols] = self.Wt.T
@@ -181,6 +197,7 @@ class ColumnSweep(_Sweep):
         self.lo = -self.hi
         self.pen = torch.where(fixed[pick], torch.zeros_like(self.Gt), thr[pick])
         self._history = [self.Wt.clone()] if anderson else []
+        self._failed: torch.Tensor | None = None  # signs of rows whose support solve was refused
         self._clamped = torch.empty_like(self.Wt[0]) if len(cols) else None
 
     def _sweep(self) -> None:
@@ -208,10 +225,10 @@ class ColumnSweep(_Sweep):
                 gb.addr_(Hbb[:, t], delta)
             w.add_(delta)
 
-    def _times_H(self, Wt: torch.Tensor) -> torch.Tensor:
+    def _times_H(self, Wt: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
         return self.Ht @ Wt
 
-    def _local_H(self, idx: torch.Tensor, group_rows: torch.Tensor) -> torch.Tensor:
+    def _local_H(self, idx: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
         return self.Ht[idx[:, :, None], idx[:, None, :]]
 
     def write(self, W: torch.Tensor) -> None:
