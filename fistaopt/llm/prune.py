@@ -75,8 +75,7 @@ def prune(
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
 
-    report = PruneReport(settings={**config.settings(), "nsamples": sum(int(b.shape[0]) for b in batches),
-                                   "seqlen": sorted({int(b.shape[1]) for b in batches}), "n_blocks": len(blocks)})
+    report = _new_report(config, batches, len(blocks))
     ckpt = Checkpoint(checkpoint_dir, fingerprint(model, report.settings, batches)) if checkpoint_dir else None
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
@@ -113,6 +112,12 @@ def prune(
     if comm.distributed:
         report.totals["distributed"] = comm.summary(report.totals["wall_seconds"])
     return report
+
+
+def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int) -> PruneReport:
+    """An empty report: the config's settings plus the calibration's shape and the model's block count."""
+    return PruneReport(settings={**config.settings(), "nsamples": sum(int(b.shape[0]) for b in batches),
+                                 "seqlen": sorted({int(b.shape[1]) for b in batches}), "n_blocks": n_blocks})
 
 
 def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport, comm: Communicator) -> int:
