@@ -40,3 +40,29 @@ def test_load_model_from_a_saved_folder(tmp_path):
     assert not loaded.training and tok("ab")["input_ids"] == char_tokenizer()("ab")["input_ids"]
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_save_pruned_never_deletes_the_users_files(tmp_path):
+    from fistaopt.llm.loading import save_pruned
+    from fistaopt._io import OutputExistsError
+
+    model, tok = tiny_model("llama"), char_tokenizer()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a fistaopt output"):
+        save_pruned(model, tok, out, {"settings": {}, "records": []})
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    save_pruned(model, tok, out, {"settings": {}, "records": []}, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+    assert oct((out / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    save_pruned(model, tok, out, {"settings": {}, "records": []})  # a previous output: rewritten
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -6,23 +6,22 @@ its config (without ``quantization_config``), copy the state dict over and save 
 a safetensors folder under the cache directory (``$FISTAOPT_CACHE`` or
 ``~/.cache/fistaopt``). Later loads of the same GGUF file take about a second.
 
-Every folder we write is first written to a temporary sibling directory and then
-renamed into place, so an interrupted run never leaves a half-written output.
+Every folder is written through :mod:`fistaopt._io` (a temporary sibling published when
+complete, normal permissions), so an interrupted run never leaves a half-written output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fistaopt import _io
 
 logger = logging.getLogger(__name__)
 
@@ -53,27 +52,6 @@ def default_model_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{DEFAULT_GGUF_FILE} not found in package {DEFAULT_GGUF_PACKAGE}")
-
-
-def _atomic_dir(final: Path) -> Path:
-    """A fresh temporary directory next to ``final`` (same file system, so rename is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def _commit_dir(tmp: Path, final: Path, *, overwrite: bool) -> None:
-    """Move the finished temporary directory ``tmp`` to ``final``."""
-    if final.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"output directory already exists: {final}")
-        # Move the old one aside first so that `final` is never half-written.
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def _gguf_cache_dir(gguf_path: Path) -> Path:
@@ -115,14 +93,9 @@ def convert_gguf(gguf_path: str | os.PathLike[str], *, cache_dir: str | os.PathL
         fresh.tie_weights()
     del quantized
 
-    tmp = _atomic_dir(target)
-    try:
+    with _io.atomic_dir(target, overwrite=True) as tmp:  # the cache folder is ours
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _commit_dir(tmp, target, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -189,24 +162,21 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def save_pruned(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], report: Any = None, *, overwrite: bool = True) -> Path:
+def save_pruned(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], report: Any = None, *, overwrite: bool = False) -> Path:
     """Save a pruned model (+ tokenizer, + ``report.json``) as a loadable HF folder, atomically.
 
-    ``report`` may be a :class:`~fistaopt.llm.prune.PruneReport`, a dict, or ``None``.
-    The folder is written to a temporary sibling and renamed into place.
+    ``report`` may be a :class:`~fistaopt.llm.report.PruneReport`, a dict, or ``None``.
+    The folder is written through :func:`fistaopt._io.atomic_dir`: a new or empty folder,
+    or a previous fistaopt output, is written; any other non-empty folder needs
+    ``overwrite=True``, and even then only the files written here are replaced.
     """
     out = Path(out_dir).expanduser()
-    tmp = _atomic_dir(out)
-    try:
+    with _io.atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:
             data = report.to_dict() if hasattr(report, "to_dict") else report
-            (tmp / "report.json").write_text(json.dumps(data, indent=2, default=str))
-        _commit_dir(tmp, out, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            _io.write_json(tmp / "report.json", data)
     logger.info("saved pruned model to %s", out)
     return out
