@@ -17,6 +17,7 @@ Problems: real SmolLM2 block-3 statistics (``--problem-dir``, captured with
 ``λ/λ_max``, and the synthetic ``llm-like`` 256×512 problem.
 
     python benchmarks/solver_peers.py --out docs/results/solver-peers.json
+    python benchmarks/solver_peers.py --table docs/results/solver-peers.json   # the table again
 """
 
 from __future__ import annotations
@@ -133,6 +134,40 @@ def run_peer(prob: fo.LassoProblem, name: str, tol: float, time_limit: float) ->
             "tried": tried, "note": f"not certified within a {time_limit:.0f} s fit"}
 
 
+def markdown(result: dict) -> str:
+    """The comparison table: seconds per solver, the best of ours against the best peer."""
+    names = [s for s in (*OURS, *PEERS) if any(s in row["results"] for row in result["rows"])]
+    lines = ["| problem @ λ/λmax | " + " | ".join(names) + " | best ours / best peer | auto's pick is our best |",
+             "|---" * (len(names) + 3) + "|"]
+    for row in result["rows"]:
+        cells, best, fastest = [], {}, None
+        for name in names:
+            r = row["results"].get(name)
+            if r is None:
+                cells.append("skipped")
+                continue
+            if not r["certified"]:
+                cells.append(f"not certified ({r['rel_gap']:.1e})")
+                continue
+            text = f"{r['seconds']:.2f}"
+            if name == "auto":
+                text += f" ({r['picked']})"
+            elif name in PEERS:
+                text += f" (tol {r['peer_tol']:.0e})"
+            cells.append(text)
+            if name == "auto":  # a second run of one of ours: not a candidate of its own
+                continue
+            side = "peer" if name in PEERS else "ours"
+            if side == "ours" and r["seconds"] < best.get("ours", float("inf")):
+                fastest = name
+            best[side] = min(best.get(side, float("inf")), r["seconds"])
+        ratio = f"{best['ours'] / best['peer']:.2f}" if len(best) == 2 else "—"
+        picked = row["results"].get("auto", {}).get("picked")
+        agrees = "—" if picked is None or fastest is None else ("yes" if picked == fastest else f"no ({fastest})")
+        lines.append(f"| {row['problem']} @ {row['lam_ratio']:g} | " + " | ".join(cells) + f" | {ratio} | {agrees} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problem-dir", default="runs/peer-problems")
@@ -143,7 +178,11 @@ def main() -> None:
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table", default=None, metavar="JSON", help="print the table of a saved result and exit")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     torch.set_num_threads(1)
     ratios = [float(r) for r in args.ratios.split(",")]
     solvers = args.solvers.split(",")
@@ -165,7 +204,9 @@ def main() -> None:
            "torch": torch.__version__, "machine": platform.machine(), "skipped": skipped, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps(out["skipped"]))
+    print(markdown(out))
+    if skipped:
+        print(f"skipped (not installed): {', '.join(skipped)}")
 
 
 if __name__ == "__main__":

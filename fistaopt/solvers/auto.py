@@ -10,11 +10,13 @@ The rule (measured with ``benchmarks/solver_peers.py``, see docs/solvers.md)::
 
 ``v`` costs one pass over ``G`` and predicts how many coordinates each row's coordinate
 descent will have to work on (its cost grows with their square, ADMM's does not).
-Measured on SmolLM2 block-3 statistics: ``v`` = 7–179 for ``q_proj`` (λ = 0.01 and
-0.1 λ_max), ``o_proj`` and ``up_proj`` at 0.1 and the synthetic problems, where ``cd``
-was the fastest of ours; 494–1416 for ``o_proj``, ``up_proj``, ``down_proj`` at 0.01 and
-``down_proj`` at 0.1, where ``admm`` was.  A masked refit (``λ = 0``) has every free
-entry violating and goes to ADMM.
+Measured (docs/results/solver-peers.json, SmolLM2 block-3 statistics): ``v`` = 7–179
+for ``q_proj`` (λ = 0.01 and 0.1 λ_max), ``o_proj`` and ``up_proj`` at 0.1 and the
+synthetic ``llm-like`` problems, where ``cd`` was the fastest of ours (1.7–14× ahead
+of FISTA and ADMM); 494–1417 for ``o_proj``, ``up_proj``, ``down_proj`` at 0.01, where
+``admm`` was (``cd`` did not converge within 40 s on two of them); ``down_proj`` at 0.1
+(``v`` = 567) was a tie (``cd`` 12.3 s, ``admm`` 12.7 s).  A masked refit (``λ = 0``) has
+every free entry violating and goes to ADMM.
 """
 
 from __future__ import annotations
