@@ -25,7 +25,7 @@ from fistaopt.llm.block import AccumulatorFactory, prune_block
 from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.checkpoint import Checkpoint, fingerprint
 from fistaopt.llm.config import PruneConfig
-from fistaopt.llm.distributed import SINGLE, Communicator
+from fistaopt.llm.distributed import SINGLE, Communicator, peak_host_bytes
 from fistaopt.llm.model import find_blocks, linear_modules, operator_widths
 from fistaopt.llm.report import PruneReport
 from fistaopt.llm.streams import make_stream
@@ -61,9 +61,9 @@ def prune(
         comm: the ranks of a distributed run (every rank calls ``prune`` with the same
             arguments; :mod:`fistaopt.llm.distributed`); default: this process alone.
 
-    Returns a :class:`PruneReport` whose settings are the (model-resolved) config; a
-    distributed run adds ``totals["distributed"]`` (world size, per-rank seconds and
-    peak host memory, bytes sent).
+    Returns a :class:`PruneReport` whose settings are the (model-resolved) config; its
+    totals hold ``peak_host_bytes`` (this process), and a distributed run adds
+    ``totals["distributed"]`` (world size, per-rank seconds and peak host memory, bytes sent).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -107,8 +107,14 @@ def prune(
     finally:
         bar.close()
         model.train(was_training)
+    return _finish(report, comm, t_start)
+
+
+def _finish(report: PruneReport, comm: Communicator, t_start: float) -> PruneReport:
+    """The totals: summary of the records, wall seconds, peak host memory, and the ranks' figures."""
     report.summarize()
     report.totals["wall_seconds"] = time.perf_counter() - t_start
+    report.totals["peak_host_bytes"] = peak_host_bytes()
     if comm.distributed:
         report.totals["distributed"] = comm.summary(report.totals["wall_seconds"])
     return report
