@@ -32,6 +32,8 @@ CASES = {  # two model families; solver and baselines; patterns; modes
     "opt-sparsegpt-2:4": ("opt", dict(method="sparsegpt", pattern="2:4")),
     "llama-wanda-dense-noec": ("llama", dict(method="wanda", block_inputs="dense", error_correction=False)),
     "opt-fista-layer": ("opt", dict(method="fista", pattern="unstructured-layer", block_inputs="dense")),
+    "llama-fista-parallel-blocks": ("llama", dict(method="fista", block_inputs="dense", parallel="blocks")),
+    "opt-sparsegpt-parallel-blocks": ("opt", dict(method="sparsegpt", block_inputs="dense", parallel="blocks")),
 }
 COMMON = dict(stats_dtype="float64", batch_size=2, progress=False)
 
@@ -85,8 +87,19 @@ def test_two_ranks_prune_as_one(tmp_path):
         assert dist_totals["mean_rel_error"] == pytest.approx(report.totals["mean_rel_error"], rel=1e-6)
         info = dist_totals["distributed"]
         assert info["world_size"] == 2 and len(info["rank_seconds"]) == 2
-        assert info["bytes_sent"]["all_reduce"] > 0 and info["bytes_sent"]["all_gather"] > 0
+        kinds = ("broadcast",) if kwargs.get("parallel") == "blocks" else ("all_reduce", "all_gather")
+        assert all(info["bytes_sent"][k] > 0 for k in kinds), info["bytes_sent"]
+        assert [(r["block"], r["name"]) for r in got["report"]["records"]] == [(r.block, r.name) for r in report.records]
         assert "distributed" not in report.totals
+
+
+def test_parallel_blocks_needs_dense_inputs_and_no_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match="parallel='blocks' needs block_inputs='dense'"):
+        _pruned("llama", method="wanda", parallel="blocks")
+    with pytest.raises(ValueError, match="does not write checkpoints"):
+        _pruned("llama", method="wanda", block_inputs="dense", parallel="blocks", checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="parallel must be 'rows' or 'blocks'"):
+        _pruned("llama", method="wanda", parallel="layers")
 
 
 def _interrupted(comm: Communicator, ckpt: str) -> None:
@@ -184,3 +197,5 @@ def test_cli_refuses_more_ranks_than_calibration_batches(tmp_path, capsys):
 
     rc = main(["prune", "--nsamples", "2", "--batch-size", "2", "--nproc", "2", "--out", str(tmp_path / "o")])
     assert rc == 2 and "2 ranks need at least 2 calibration batches" in capsys.readouterr().err
+    rc = main(["prune", "--nproc", "2", "--parallel", "blocks", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--parallel blocks needs block_inputs='dense'" in capsys.readouterr().err

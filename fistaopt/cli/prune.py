@@ -67,6 +67,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="prune with N processes on this machine (data-parallel capture, sharded solves); "
                         "under torchrun the world size comes from torchrun")
+    p.add_argument("--parallel", choices=("rows", "blocks"), default="rows",
+                   help="with several ranks: rows = calibration batches and rows of every operator in shares; "
+                        "blocks = whole blocks per rank (--block-inputs dense only, no checkpoints)")
     p.add_argument("--dist-timeout", type=positive_int, default=1800,
                    help="seconds a rank waits for the others in a collective before the run fails")
     p.set_defaults(func=run)
@@ -100,6 +103,13 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     if args.eval_tokens and args.eval_tokens < eval_seqlen:
         raise UsageError(f"--eval-tokens ({args.eval_tokens}) must be 0 or at least the evaluation seqlen ({eval_seqlen})")
     world = int(os.environ.get("WORLD_SIZE", "1")) if args.nproc == 1 else args.nproc
+    if args.parallel == "blocks":
+        from fistaopt.llm.parallel_blocks import check_parallel_blocks
+
+        try:
+            check_parallel_blocks(config, args.checkpoint_dir)
+        except ValueError as e:
+            raise UsageError(str(e).replace("parallel='blocks'", "--parallel blocks")) from None
     if -(-args.nsamples // args.batch_size) < world:
         raise UsageError(f"{world} ranks need at least {world} calibration batches; got {args.nsamples} samples "
                          f"in batches of {args.batch_size}")
@@ -196,7 +206,7 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
     zero_shot_before = zero_shot_scores(model, tokenizer, args) if comm.is_main else None
     try:
         report = prune(model, calib, p.config, device=device, checkpoint_dir=args.checkpoint_dir,
-                       progress=progress, comm=comm)
+                       progress=progress, comm=comm, parallel=args.parallel)
     except ValueError as e:  # settings this model cannot take, found only with its weights
         raise UsageError(str(e)) from None
     after = ppl()

@@ -27,6 +27,7 @@ from fistaopt.llm.checkpoint import Checkpoint, fingerprint
 from fistaopt.llm.config import PruneConfig
 from fistaopt.llm.distributed import SINGLE, Communicator, peak_host_bytes
 from fistaopt.llm.model import find_blocks, linear_modules, operator_widths
+from fistaopt.llm.parallel_blocks import check_parallel_blocks, prune_owned_blocks
 from fistaopt.llm.report import PruneReport
 from fistaopt.llm.streams import make_stream
 from fistaopt.problems import LayerStatsAccumulator
@@ -43,6 +44,7 @@ def prune(
     callback: Callable[[int, PruneReport], None] | None = None,
     accumulator: AccumulatorFactory = LayerStatsAccumulator,
     comm: Communicator = SINGLE,
+    parallel: str = "rows",
     **overrides: Any,
 ) -> PruneReport:
     """Prune every linear operator in the decoder blocks of ``model`` in place.
@@ -60,6 +62,10 @@ def prune(
         accumulator: the statistics accumulator class (instrumentation, tests).
         comm: the ranks of a distributed run (every rank calls ``prune`` with the same
             arguments; :mod:`fistaopt.llm.distributed`); default: this process alone.
+        parallel: how a distributed run splits the work: ``"rows"`` (every block on every
+            rank, calibration batches and rows in shares) or ``"blocks"`` (whole blocks per
+            rank, :mod:`fistaopt.llm.parallel_blocks`; ``block_inputs="dense"`` only, no
+            checkpoints, no ``callback``).
 
     Returns a :class:`PruneReport` whose settings are the (model-resolved) config; its
     totals hold ``peak_host_bytes`` (this process), and a distributed run adds
@@ -74,36 +80,41 @@ def prune(
     selected = config.check_blocks(len(blocks))
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
+    by_blocks = _parallel_blocks(parallel, config, checkpoint_dir) and comm.distributed
 
     report = _new_report(config, batches, len(blocks))
     ckpt = Checkpoint(checkpoint_dir, fingerprint(model, report.settings, batches)) if checkpoint_dir else None
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
-    inputs = capture_block_inputs(model, comm.local_batches(batches))
+    inputs = capture_block_inputs(model, batches if by_blocks else comm.local_batches(batches))
     stream = make_stream(config.block_inputs, inputs.hidden)
     start = _resume(ckpt, blocks, stream, report, comm) if ckpt is not None else 0
-    bar = tqdm(total=sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
-               desc=f"prune {config.method}", unit="op", disable=not progress or not comm.is_main)
+    bar, on_operator = _progress(report, sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
+                                 config.method, progress and comm.is_main)
 
-    def on_operator(record: Any) -> None:
-        report.records.append(record)
-        bar.set_postfix_str(f"block {record.block} {record.name}")
-        bar.update(1)
+    def run_dense(i: int, s: Any) -> None:  # a block that stays dense: pass the calibration inputs through
+        _run_dense(blocks[i], lambda: s.pass_through(blocks[i], [c[i] for c in inputs.calls], exec_device), exec_device)
+
+    def prune_one(i: int) -> None:
+        calls, last = [c[i] for c in inputs.calls], i == selected[-1]
+        with _peak_memory(exec_device, report, i):
+            if i in selected:
+                prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
+                            on_operator=on_operator, accumulator=accumulator, comm=comm)
+            else:
+                run_dense(i, stream)
+        if ckpt is not None:
+            _commit(ckpt, comm, i, blocks[i], None if last else stream.state(), len(batches), report)
+        if callback is not None:
+            callback(i, report)
 
     try:
-        for i in range(start, selected[-1] + 1):
-            calls = [c[i] for c in inputs.calls]
-            last = i == selected[-1]
-            with _peak_memory(exec_device, report, i):
-                if i in selected:
-                    prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
-                                on_operator=on_operator, accumulator=accumulator, comm=comm)
-                else:  # a block that stays dense: pass the calibration inputs through
-                    _run_dense(blocks[i], lambda: stream.pass_through(blocks[i], calls, exec_device), exec_device)
-            if ckpt is not None:
-                _commit(ckpt, comm, i, blocks[i], None if last else stream.state(), len(batches), report)
-            if callback is not None:
-                callback(i, report)
+        if by_blocks:
+            report.records = prune_owned_blocks(blocks, inputs, selected, config, comm, device=exec_device,
+                                                on_operator=on_operator, run_dense=run_dense, accumulator=accumulator)
+        else:
+            for i in range(start, selected[-1] + 1):
+                prune_one(i)
     finally:
         bar.close()
         model.train(was_training)
@@ -118,6 +129,27 @@ def _finish(report: PruneReport, comm: Communicator, t_start: float) -> PruneRep
     if comm.distributed:
         report.totals["distributed"] = comm.summary(report.totals["wall_seconds"])
     return report
+
+
+def _progress(report: PruneReport, total: int, method: str, enabled: bool) -> tuple[Any, Callable[[Any], None]]:
+    """A tqdm bar over ``total`` operators and the callback that records an operator and advances it."""
+    bar = tqdm(total=total, desc=f"prune {method}", unit="op", disable=not enabled)
+
+    def on_operator(record: Any) -> None:
+        report.records.append(record)
+        bar.set_postfix_str(f"block {record.block} {record.name}")
+        bar.update(1)
+
+    return bar, on_operator
+
+
+def _parallel_blocks(parallel: str, config: PruneConfig, checkpoint_dir: Any) -> bool:
+    """Whether ``parallel`` asks for whole blocks per rank (checked against the settings)."""
+    if parallel not in ("rows", "blocks"):
+        raise ValueError(f"parallel must be 'rows' or 'blocks', got {parallel!r}")
+    if parallel == "blocks":
+        check_parallel_blocks(config, checkpoint_dir)
+    return parallel == "blocks"
 
 
 def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int) -> PruneReport:
