@@ -27,6 +27,12 @@ Between checks the rows are solved in groups (rows are independent problems):
 Every ``anderson`` epochs each row may jump to an Anderson extrapolation of its last
 iterates (taken only where it lowers the row's objective; see
 :mod:`~fistaopt.solvers.cd_sweeps`).  Iterates are float64 by default.
+
+Working sets are re-chosen only at checks: a fixed-budget run (``check_every ≥ max_iter``,
+as the ℓ1 rounds of :func:`fistaopt.layer.prune_layer`) keeps its first ones, which
+limits how far a row's support can grow.  Measured on SmolLM2 q_proj, 50% unstructured
+(``search_steps=2, rounds=1``): relative error 0.026 with ``cd`` against 0.0095 with
+``fista`` (7.1 s) and 0.0090 with ``cd[working_set=False]`` (31.8 s); keep ``fista`` there.
 """
 
 from __future__ import annotations
