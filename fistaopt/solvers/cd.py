@@ -20,7 +20,7 @@ Between checks the rows are solved in groups (rows are independent problems):
    columns nearest to entering it (:func:`~fistaopt.solvers.screening.entry_scores`),
    ``max(min_working_set, 2·|support|)`` columns rounded up to a power of two; rows with
    the same size form a group swept by :class:`~fistaopt.solvers.cd_sweeps.RowSweep`.
-   Rows whose working set would exceed half the columns, and all rows when
+   Rows whose working set would exceed a quarter of the columns, and all rows when
    ``working_set=False``, are swept on all open columns by
    :class:`~fistaopt.solvers.cd_sweeps.ColumnSweep`.
 
@@ -48,8 +48,12 @@ from fistaopt.solvers.base import Solver, _RunState
 from fistaopt.solvers.cd_sweeps import ColumnSweep, RowSweep
 from fistaopt.solvers.screening import entry_scores, gap_safe_zeros
 
-
+#: A row's working set is ``GROWTH × |support|`` columns (at least ``min_working_set``),
+#: rounded up to a power of two so that rows of similar size share a group.
 GROWTH = 2
+#: Rows whose working set would exceed ``d_in / WIDE_FRACTION`` columns go to the
+#: all-columns sweep (its cost per row does not grow with the set; a gathered ``H`` does).
+WIDE_FRACTION = 4
 
 
 @dataclass
@@ -143,7 +147,7 @@ class CD(Solver):
         scores = entry_scores(problem, grad.view(problem.w_shape), info, fixed.view(problem.w_shape)).reshape(-1, d)
         scores = torch.where(rows != 0, torch.full_like(scores, -math.inf), scores)
         sweeps = []
-        wide = size > d // 4
+        wide = size > d // WIDE_FRACTION
         if bool(wide.any()):
             sweeps.append(ColumnSweep(H, rows, grad, G, thr, fixed, active[wide], open_cols, self.anderson,
                                       self.block_size))
