@@ -92,3 +92,19 @@ def bos_char_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>")
+
+
+def hide_lm_eval(monkeypatch) -> None:
+    """Make ``import lm_eval`` fail as it does without the ``eval`` extra (for the rest of a test)."""
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def no_lm_eval(name, *args, **kwargs):
+        if name == "lm_eval" or name.startswith("lm_eval."):
+            raise ModuleNotFoundError("No module named 'lm_eval'", name="lm_eval")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    monkeypatch.delitem(sys.modules, "lm_eval", raising=False)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import builtins
 import json
-import sys
 
 import pytest
 
 from fistaopt.cli import main
-from llm_fixtures import char_tokenizer, tiny_model, write_text
+from llm_fixtures import char_tokenizer, hide_lm_eval, tiny_model, write_text
 
 import lm_eval  # noqa: E402,F401  (the eval extra is part of dev: a missing install fails here)
 TASK = "fistaopt_arith"
@@ -69,15 +67,7 @@ def test_unknown_task_is_refused_before_loading(eos_tiny_folder, tmp_path, capsy
 
 
 def test_missing_extra_is_one_line(eos_tiny_folder, tmp_path, capsys, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_lm_eval(name, *args, **kwargs):
-        if name == "lm_eval" or name.startswith("lm_eval."):
-            raise ModuleNotFoundError("No module named 'lm_eval'", name="lm_eval")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
-    monkeypatch.delitem(sys.modules, "lm_eval", raising=False)
+    hide_lm_eval(monkeypatch)
     rc = main(["eval", str(eos_tiny_folder), "--eval-text", str(write_text(tmp_path / "e.txt")), "--tasks", TASK])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "pip install 'fistaopt[eval]'" in err

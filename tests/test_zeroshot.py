@@ -7,11 +7,9 @@ summed log-likelihood of ``" " + choice`` after the prompt) from the model's log
 
 from __future__ import annotations
 
-import builtins
 import copy
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from fistaopt.llm.local_task import LOCAL_TASK, N_CHOICES, N_ITEMS, local_task_i
 from fistaopt.llm.zeroshot import (
     EvalExtraMissing, ZeroShotError, check_tasks, lm_eval_version, parse_tasks, task_scores, zero_shot,
 )
-from llm_fixtures import char_tokenizer, tiny_model
+from llm_fixtures import char_tokenizer, hide_lm_eval, tiny_model
 
 needs_lm_eval = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("lm_eval") is None, reason="lm-eval not installed (extra 'eval')"
@@ -65,15 +63,7 @@ def test_write_local_task(tmp_path):
 
 # ------------------------------------------------------------------ errors
 def test_missing_extra_is_one_clear_line(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_lm_eval(name, *args, **kwargs):
-        if name == "lm_eval" or name.startswith("lm_eval."):
-            raise ModuleNotFoundError("No module named 'lm_eval'", name="lm_eval")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
-    monkeypatch.delitem(sys.modules, "lm_eval", raising=False)
+    hide_lm_eval(monkeypatch)
     with pytest.raises(EvalExtraMissing) as err:
         zero_shot(torch.nn.Linear(2, 2), None, [LOCAL_TASK])
     message = str(err.value)
