@@ -145,7 +145,7 @@ def _summary(report: Mapping[str, Any], source: str | None, base_model: str | No
     base = base_model or source or "the base model"
     title = base if base_model or source is None or not Path(source).expanduser().exists() else Path(source).name
     pattern = settings.get("pattern", "unstructured")
-    target = pattern if ":" in str(pattern) else f"{_fmt(settings.get('sparsity'))} unstructured ({pattern})"
+    target = f"{pattern} sparsity" if ":" in str(pattern) else f"{_fmt(settings.get('sparsity'))} {pattern} sparsity"
     lines = [
         f"# {title} pruned with fistaopt ({settings.get('method', '?')}, {target})", "",
         f"`{base}` with the linear layers of its decoder blocks pruned by "
