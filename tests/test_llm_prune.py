@@ -372,3 +372,29 @@ def test_auto_warm_start_is_the_measured_best(pattern, model_type, expected):
     assert PruneConfig(pattern=pattern, method="fista").for_model(model_type).warm_start == expected
     assert PruneConfig(pattern=pattern, method="fista", warm_start="wanda").for_model(model_type).warm_start == "wanda"
     assert PruneConfig(pattern=pattern, method="sparsegpt").for_model(model_type).warm_start == "none"
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_shared_dense_forward_gives_the_same_weights_with_fewer_forwards(arch, monkeypatch):
+    """Error correction reads every later group's X from one dense forward per batch: same result."""
+    import fistaopt.llm.streams as streams
+
+    calls = {"n": 0}
+    single = streams.input_of
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return single(*a, **k)
+
+    monkeypatch.setattr(streams, "input_of", counting)
+    ids = calib(nsamples=4, seqlen=16)
+    results = {}
+    for budget in (0, streams.DENSE_INPUT_CACHE_BYTES):
+        monkeypatch.setattr(streams, "DENSE_INPUT_CACHE_BYTES", budget)
+        model = tiny_model(arch)
+        calls["n"] = 0
+        prune(model, ids, method="wanda", sparsity=0.5, batch_size=2, progress=False)
+        results[budget] = ([W for _, _, W in _block_weights(model)], calls["n"])
+    (w_single, n_single), (w_shared, n_shared) = results[0], results[streams.DENSE_INPUT_CACHE_BYTES]
+    assert all(torch.equal(a, b) for a, b in zip(w_single, w_shared))
+    assert n_shared < n_single

@@ -343,3 +343,19 @@ def test_mismatched_data_shapes_are_refused():
         p.duality_gap(torch.zeros(3, 5, dtype=f64))
     with pytest.raises(ValueError, match="W .*non-finite"):
         p.objective(torch.full((3, 4), float("nan"), dtype=f64))
+
+
+def test_with_damping_equals_damped_statistics():
+    """``with_damping`` is the ridge of ``from_layer_statistics(damp=)``: one place for the damping."""
+    g = torch.Generator().manual_seed(0)
+    X, Xs = torch.randn(64, 12, generator=g, dtype=torch.float64), torch.randn(64, 12, generator=g, dtype=torch.float64)
+    W0 = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    H, C, D = Xs.T @ Xs, X.T @ Xs, X.T @ X
+    damped = LassoProblem.from_layer_statistics(W0, H, C=C, D=D, damp=0.05)
+    again = LassoProblem.from_layer_statistics(W0, H, C=C, D=D).with_damping(W0, 0.05)
+    for name in ("H", "G", "c"):
+        torch.testing.assert_close(getattr(again, name), getattr(damped, name), rtol=0, atol=0)
+    delta = 0.05 * torch.diagonal(H).mean()
+    torch.testing.assert_close(again.H - H, delta * torch.eye(12, dtype=torch.float64))
+    with pytest.raises(ValueError, match="damp must be >= 0"):
+        again.with_damping(W0, -1.0)

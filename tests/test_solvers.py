@@ -321,3 +321,16 @@ def test_ill_conditioned_plain_ista_reports_failure(llm_problem):
     with pytest.warns(ConvergenceWarning):
         r = fo.solve(llm_problem, "ista", tol=1e-6, max_iter=300)
     assert not r.converged and r.stop_reason == "max_iter" and r.rel_gap > 1e-6
+
+
+@pytest.mark.parametrize("name", ["fista", "ista", "admm"])
+def test_uncertified_run_is_the_fixed_budget_iterate(name):
+    """certify=False: exactly max_iter iterations, no gap (NaN), the same iterate as a checked run."""
+    p = fo.make_problem("llm-like", 16, 64, lam_ratio=1e-2)
+    checked = fo.solve(p, name, tol=0.0, max_iter=12, check_every=12, warn=False)
+    fixed = fo.solve(p, name, tol=0.0, max_iter=12, check_every=12, warn=False, certify=False)
+    assert fixed.n_iter == 12 and fixed.stop_reason == "max_iter" and not fixed.converged
+    assert np.isnan(fixed.gap) and np.isnan(fixed.rel_gap) and fixed.gap_per_row is None
+    assert torch.equal(fixed.W, checked.W)
+    with pytest.raises(TypeError, match="certify must be True or False"):
+        get(name, certify="no")

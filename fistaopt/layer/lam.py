@@ -16,8 +16,9 @@ from fistaopt.sparsity import Pattern, project
 
 
 def l1_solver(solver: str, iterations: int, solver_options: Mapping[str, Any]) -> Solver:
-    """The ℓ1 solver of a layer prune: ``iterations`` steps, no stopping test, no warning."""
-    return get(solver, max_iter=iterations, tol=0.0, warn=False, check_every=max(iterations, 1), **solver_options)
+    """The ℓ1 solver of a layer prune: ``iterations`` steps, no stopping test, no certificate."""
+    return get(solver, max_iter=iterations, tol=0.0, warn=False, check_every=max(iterations, 1), certify=False,
+               **solver_options)
 
 
 def rounding_scores(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:

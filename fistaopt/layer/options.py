@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 #: Solver options that :func:`~fistaopt.layer.prune_layer` sets itself.
-LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit")
+LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit", "certify")
 PENALTIES = ("l1", "scaled")
 LAM_RULES = ("quantile", "xi")
 #: Solvers that certify but are too slow to prune (verifiers).

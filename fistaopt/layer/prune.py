@@ -83,6 +83,9 @@ class _LayerPrune:
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
         self.n_iter = self.cg_iter = 0
         self.info: dict[str, Any] = {}
+        # the first ℓ1 solution and its rounding (None: the start was on the pattern already)
+        self.unrounded: torch.Tensor | None = None
+        self.rounded: torch.Tensor | None = None
 
     def round_and_refit(self, W_l1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``W_l1`` rounded to the pattern (and refit when asked): ``(W, mask)``."""
@@ -92,6 +95,12 @@ class _LayerPrune:
             W, it, _ = masked_refit(self.plain, mask, W, max_iter=self.options.refit_iter)
             self.cg_iter += it
         return W, mask
+
+    def relative(self, rows: torch.Tensor) -> float:
+        """Relative error ``Σ r²_i / Σ c_i`` from per-row objectives ``½ r²_i`` of :attr:`plain`."""
+        denom = float(self.plain.c.to(torch.float64).sum())
+        total = 2.0 * float(rows.sum())
+        return total / denom if denom > 0 else total
 
     def start(self, warm_start: torch.Tensor | None) -> None:
         """The first candidate: the refit warm start, or the rounded end of the λ search."""
@@ -103,6 +112,7 @@ class _LayerPrune:
             self.lam = torch.zeros(work.d_out, dtype=work.dtype, device=work.device)
             mask = W_l1 != 0
             self.best = W_l1 * mask
+            self.unrounded = self.best  # on the pattern already: its error is computed if no round replaces it
             if self.options.refit:
                 self.best, it, _ = masked_refit(self.plain, mask, self.best, max_iter=self.options.refit_iter)
                 self.cg_iter += it
@@ -114,10 +124,9 @@ class _LayerPrune:
                 work, target, W_zero, solver=self.solver, steps=self.options.search_steps,
                 iters=self.options.search_iter, solver_options=self.solver_options)
             self.best, mask = self.round_and_refit(W_l1)
-        self.err_l1 = float(self.plain.relative_error(W_l1))
-        self.err_round = float(self.plain.relative_error(W_l1 * mask))
+            self.unrounded, self.rounded = W_l1, W_l1 * mask
         self.best_obj = self.plain.objective(self.best, per_row=True)
-        self.info["start_error"] = float(self.plain.relative_error(self.best))
+        self.info["start_error"] = self.relative(self.best_obj)
         self.improved = torch.zeros(work.d_out, dtype=torch.bool, device=work.device)
 
     def round(self, r: int) -> None:
@@ -140,8 +149,7 @@ class _LayerPrune:
         self.lam = torch.where(better, lam_r, self.lam)
         self.improved |= better
         if r == 0:
-            self.err_l1 = float(self.plain.relative_error(W_r))
-            self.err_round = float(self.plain.relative_error(W_r * cand_mask))
+            self.unrounded, self.rounded = W_r, W_r * cand_mask
 
     def finish(self, dtype: torch.dtype, started: float) -> LayerResult:
         """The best weights on the exact pattern, with their mask and errors."""
@@ -150,7 +158,9 @@ class _LayerPrune:
         if not satisfies(mask, self.pat):  # refit may leave exact zeros only, never extra non-zeros
             mask = project(rounding_scores(best, H), self.pat)
             best = best * mask
-        err = float(self.plain.relative_error(best))
+        err = self.relative(self.best_obj) if best is self.best else float(self.plain.relative_error(best))
+        err_l1 = float(self.plain.relative_error(self.unrounded))
+        err_round = err_l1 if self.rounded is None else float(self.plain.relative_error(self.rounded))
         # the pattern mask of W: its non-zeros, topped up to the pattern's exact count
         nz = best != 0
         scores = rounding_scores(best, H)
@@ -159,7 +169,7 @@ class _LayerPrune:
         logger.debug("prune_layer %s: start %.4g final %.4g (%.2fs)", self.pat, self.info["start_error"], err, seconds)
         return LayerResult(
             W=best.to(dtype), mask=full_mask, lam=self.lam.to(torch.float64),
-            rel_error_before_rounding=self.err_l1, rel_error_rounded=self.err_round, rel_error=err,
+            rel_error_before_rounding=err_l1, rel_error_rounded=err_round, rel_error=err,
             n_iter=self.n_iter, refit_iter=self.cg_iter, seconds=seconds,
             chosen=float(self.improved.float().mean()), info=self.info,
         )

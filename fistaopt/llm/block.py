@@ -63,6 +63,7 @@ def prune_block(
             return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device)
 
         if config.error_correction:
+            stream.share_dense_forward(work, groups[1:])
             for gi, g in enumerate(groups):
                 acc = new_acc(g)
                 stream.group_statistics(work, g, gi == 0, acc)

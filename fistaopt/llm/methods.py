@@ -94,10 +94,11 @@ def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config:
     warm = None
     if config.warm_start != "none":
         warm = BASELINE_PRUNERS[config.warm_start](W0, stats, pattern, config.damp)
-    problem = stats.to_problem(W0, 0.0, damp=config.damp)
+    undamped = stats.to_problem(W0, 0.0)
+    problem = undamped.with_damping(W0, config.damp)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
     return PrunedWeight(
-        res.W, float(stats.to_problem(W0, 0.0).relative_error(res.W)),  # undamped, as for the baselines
+        res.W, float(undamped.relative_error(res.W)),  # undamped, as for the baselines
         rel_error_before_rounding=float(res.rel_error_before_rounding), lam=lam_summary(res.lam),
         n_iter=int(res.n_iter),
     )

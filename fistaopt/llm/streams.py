@@ -41,9 +41,19 @@ def skip_tokens(x: torch.Tensor, k: int) -> torch.Tensor:
     return x[:, k:] if k > 0 and x.ndim >= 3 else x
 
 
+#: Largest total size of the dense copy's group inputs kept between the groups of one
+#: block (all calibration batches).  Under it, error correction reads every later group's
+#: ``X`` from ONE forward of the dense copy per batch instead of one per group.
+DENSE_INPUT_CACHE_BYTES = 1 << 30
+
+
 @dataclass
 class BlockWork:
-    """The block being pruned (in place, on ``device``), its dense copy and its call arguments."""
+    """The block being pruned (in place, on ``device``), its dense copy and its call arguments.
+
+    ``cached_groups`` names the groups whose dense inputs are captured together, from one
+    forward of the dense copy per batch (:meth:`dense_input`); empty: one forward each.
+    """
 
     block: nn.Module
     calls: list[BlockCall]  # per calibration batch
@@ -51,6 +61,8 @@ class BlockWork:
     skip: int = 0  # leading positions left out of the statistics
     dense: nn.Module | None = None  # an unpruned copy, when the stream needs one
     outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
+    cached_groups: list[OperatorGroup] = field(default_factory=list)
+    _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
         """The input of ``group`` for batch ``b`` in the dense copy or the (partly pruned) block."""
@@ -58,6 +70,25 @@ class BlockWork:
         assert module is not None
         x = input_of(module, module.get_submodule(group.operators[0].name), self.calls[b], hidden, self.device)
         return skip_tokens(x, self.skip)
+
+    def cache_dense_inputs(self, groups: list[OperatorGroup], hidden: Hidden) -> None:
+        """Capture ``groups``' dense inputs together when they fit :data:`DENSE_INPUT_CACHE_BYTES`."""
+        tokens = sum(h.numel() // h.shape[-1] for h in hidden)
+        size = hidden[0].element_size() if hidden else 4
+        if groups and tokens * sum(g.d_in for g in groups) * size <= DENSE_INPUT_CACHE_BYTES:
+            self.cached_groups = list(groups)
+
+    def dense_input(self, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``X`` of ``group`` for batch ``b`` in the dense copy (from the shared forward when cached)."""
+        if not any(g is group for g in self.cached_groups):
+            return self.input_of(True, group, b, hidden)
+        assert self.dense is not None
+        if b not in self._dense_inputs:
+            names = [g.operators[0].name for g in self.cached_groups]
+            modules = [self.dense.get_submodule(n) for n in names]
+            self._dense_inputs[b] = dict(zip(names, inputs_of_many(self.dense, modules, self.calls[b], hidden,
+                                                                    self.device)))
+        return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
 
 
 class PrunedStream:
@@ -71,13 +102,18 @@ class PrunedStream:
     def needs_dense_copy(self, error_correction: bool, n_groups: int, last: bool) -> bool:
         return error_correction and n_groups > 1
 
+    def share_dense_forward(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
+        """Let ``groups`` (the groups after the first) read ``X`` from one dense forward per batch."""
+        if work.dense is not None:
+            work.cache_dense_inputs(groups, self.hidden)
+
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
         for b, h in enumerate(self.hidden):
             if first or work.dense is None:  # nothing of this block is pruned yet
                 acc.add(work.input_of(False, group, b, h))
             else:
-                acc.add(work.input_of(True, group, b, h), work.input_of(False, group, b, h))
+                acc.add(work.dense_input(group, b, h), work.input_of(False, group, b, h))
 
     def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:
         """Every group's ``X* = X`` from one dense forward per batch (no error correction)."""
@@ -148,6 +184,9 @@ class CorrectedStream(PrunedStream):
 
     def needs_dense_copy(self, error_correction: bool, n_groups: int, last: bool) -> bool:
         return True
+
+    def share_dense_forward(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
+        """Nothing: here ``X`` comes from the dense stream, one forward per group."""
 
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         for b, (h, dh) in enumerate(zip(self.hidden, self.dense_hidden)):

@@ -202,12 +202,28 @@ class LassoProblem:
         D = H if D is None else D
         G = W0 @ C
         c = ((W0 @ D) * W0).sum(1).clamp_min(0)
-        if damp > 0:
-            delta = damp * torch.diagonal(H).mean()
-            H = H + delta * torch.eye(d_in, dtype=H.dtype, device=H.device)
-            G = G + delta * W0
-            c = c + delta * (W0 * W0).sum(1)
-        return cls(H=H, G=G, c=c, lam=lam, **kwargs)
+        problem = cls(H=H, G=G, c=c, lam=lam, **kwargs)
+        return problem.with_damping(W0, damp) if damp > 0 else problem
+
+    def with_damping(self, W0: Any, damp: float) -> "LassoProblem":
+        """This problem plus the ridge ``½δ‖W − W₀‖²``, ``δ = damp · mean(diag H)``.
+
+        ``H += δI``, ``G += δW₀``, ``c += δ‖w₀ᵢ‖²`` (``W0 (d_out, d_in)``); see
+        :meth:`from_layer_statistics`.
+        """
+        if damp < 0:
+            raise ValueError(f"damp must be >= 0, got {damp}")
+        W0 = self.check_W(W0, "W0")
+        if damp == 0:
+            return self
+        H = self.H
+        delta = damp * torch.diagonal(H).mean()
+        return self._replace(
+            H=H + delta * torch.eye(self.d_in, dtype=H.dtype, device=H.device),
+            G=self.G + delta * W0,
+            c=self.c + delta * (W0 * W0).sum(-1),
+            _h_cache={"lipschitz": [], "jacobi": []},
+        )
 
     # ------------------------------------------------------------------ validation
     def _check_lam(self, lam: Any) -> torch.Tensor:

@@ -83,6 +83,9 @@ class SolveResult:
         rel_gap: final relative gap ``gap / objective``.
         objective: final objective ``P(W)``.
         gap_per_row: final per-row gaps (float64 tensor).
+
+    A ``certify=False`` run has no certificate: ``gap``, ``rel_gap`` and ``objective``
+    are NaN, ``gap_per_row`` is None and ``converged`` is False.
     """
 
     W: torch.Tensor
@@ -124,6 +127,9 @@ class Solver:
             ``info = {objective, gap, rel_gap, seconds}``; returning True stops the run.
         verbose: log each check at INFO level.
         warn: emit :class:`ConvergenceWarning` when ``tol`` was not reached.
+        certify: False runs exactly ``max_iter`` iterations with no check and no final
+            certificate (a fixed-budget inner solve, e.g. the ℓ1 rounds of
+            :func:`fistaopt.layer.prune_layer`); the result's gap fields are then NaN.
     """
 
     name: ClassVar[str] = "base"
@@ -137,6 +143,7 @@ class Solver:
     callback: CallbackFn | None = None
     verbose: bool = False
     warn: bool = True
+    certify: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0 and math.isfinite(self.tol)):
@@ -151,6 +158,8 @@ class Solver:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
         if self.callback is not None and not callable(self.callback):
             raise TypeError("callback must be callable")
+        if not isinstance(self.certify, bool):
+            raise TypeError(f"certify must be True or False, got {self.certify!r}")
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -196,6 +205,8 @@ class Solver:
         W, n_iter = self._run(work, W, state)
         if scale is not None:
             W = W / scale
+        if not self.certify:
+            return self._uncertified(W, n_iter, state, start)
         # final certificate: float64 on the original problem
         final = problem.to(device=device).duality_gap(W.to(problem.dtype))
         converged = final.relative <= self.tol
@@ -222,6 +233,15 @@ class Solver:
         if self.verbose:
             logger.info(result.summary())
         return result
+
+    def _uncertified(self, W: torch.Tensor, n_iter: int, state: "_RunState", start: float) -> SolveResult:
+        """The result of a ``certify=False`` run: the iterate, no gap (NaN fields)."""
+        nan = math.nan
+        return SolveResult(
+            W=W, converged=False, stop_reason=state.stop_reason or "max_iter", n_iter=n_iter,
+            seconds=time.perf_counter() - start, solver=self.name, options=self.options(), trace=state.trace,
+            gap=nan, rel_gap=nan, objective=nan, gap_per_row=None,
+        )
 
     def _run(self, problem: LassoProblem, W: torch.Tensor, state: "_RunState") -> tuple[torch.Tensor, int]:
         raise NotImplementedError
@@ -301,4 +321,6 @@ class _RunState:
 
     def done(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (1-based count of iterations run) is a check point."""
+        if not self.solver.certify:
+            return False
         return iteration % self.solver.check_every == 0 or iteration == self.solver.max_iter
