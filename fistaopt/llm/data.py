@@ -10,6 +10,13 @@ start of every sequence and score badly without it; others (SmolLM2, GPT-2, OPT)
 not. ``bos="auto"`` starts every calibration window with BOS exactly when the tokenizer
 adds one by default (``tokenizer("x")`` begins with ``bos_token_id``); ``"always"`` and
 ``"never"`` force the choice. A window with BOS holds BOS plus ``seqlen − 1`` text tokens.
+
+Held-out split: an *article* is one entry of the wiki-offline JSON (one title and its
+lead section, the ``extract`` field), or one string of a list of strings. Articles are
+numbered in file order from 0, and every ``HELDOUT_EVERY``-th one (indices 9, 19, 29, …)
+is held out (:func:`split_articles`). ``calibration_tokens(..., heldout=True)`` draws
+windows only from the other articles, and :func:`heldout_tokens` gives the held-out
+articles' tokens for evaluation, so calibration never sees the held-out text.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ WIKI_FILE = Path("data") / "summaries_en-us.json"
 EVAL_ENV = "FISTAOPT_EVAL_TEXT"
 EVAL_FILE_NAME = "wikitext2-raw-test.txt"
 BOS_CHOICES = ("auto", "always", "never")
+HELDOUT_EVERY = 10
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:
@@ -134,6 +142,45 @@ def _source_ids(tokenizer: Any, source: Any) -> torch.Tensor:
     )
 
 
+def split_articles(articles: Sequence[str], every: int = HELDOUT_EVERY) -> tuple[list[str], list[str]]:
+    """``(calibration, held_out)``: every ``every``-th article held out, the rest kept, in order.
+
+    Article ``i`` (counted from 0) is held out when ``i % every == every − 1``. A kept
+    article whose text equals a held-out one is dropped too, so no held-out text can
+    reach calibration even when the corpus repeats an article. Deterministic.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+        raise ValueError(f"every must be an int >= 2, got {every!r}")
+    held_out = [a for i, a in enumerate(articles) if i % every == every - 1]
+    if not held_out:
+        raise ValueError(f"{len(articles)} articles hold no held-out article (every {every}th is held out)")
+    held = set(held_out)
+    kept = [a for i, a in enumerate(articles) if i % every != every - 1 and a not in held]
+    return kept, held_out
+
+
+def _articles(source: Any) -> list[str]:
+    """The articles of a calibration source that has them: the wiki JSON (default) or a list of strings."""
+    if source is None:
+        return load_wiki_summaries()
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".json":
+        return load_wiki_summaries(Path(source).expanduser())
+    if isinstance(source, Sequence) and not isinstance(source, str) and source and all(isinstance(s, str) for s in source):
+        return list(source)
+    raise ValueError(
+        "the held-out split needs articles: the default source, a wiki-offline .json file or a list of strings"
+    )
+
+
+def heldout_tokens(tokenizer: Any, source: Any = None, every: int = HELDOUT_EVERY) -> torch.Tensor:
+    """The held-out articles (:func:`split_articles`) joined and tokenized: LongTensor (n_tokens,).
+
+    Same rule as :func:`evaluation_tokens`: no special tokens; BOS is added per window
+    by :func:`fistaopt.llm.evaluate.perplexity` (``bos_token_id``).
+    """
+    return _encode(tokenizer, "\n\n".join(split_articles(_articles(source), every)[1]))
+
+
 def calibration_tokens(
     tokenizer: Any,
     source: Any = None,
@@ -141,6 +188,7 @@ def calibration_tokens(
     seqlen: int = 512,
     seed: int = 0,
     bos: str = "auto",
+    heldout: bool = False,
 ) -> torch.Tensor:
     """``nsamples`` random windows of ``seqlen`` tokens: LongTensor (nsamples, seqlen).
 
@@ -149,6 +197,11 @@ def calibration_tokens(
     concatenated text; window starts are drawn uniformly with a ``torch.Generator``
     seeded by ``seed``. Under the BOS rule ``bos`` (see the module docstring) each
     window is BOS followed by ``seqlen − 1`` text tokens.
+
+    ``heldout=True`` draws only from the articles :func:`split_articles` keeps (the
+    source must be articles: the default, a wiki-offline ``.json`` or a list of
+    strings). That removes text from the stream, so the windows differ from the
+    default ``heldout=False`` ones for the same seed; the default stays as before.
     """
     if isinstance(nsamples, bool) or not isinstance(nsamples, int) or nsamples < 1:
         raise ValueError(f"nsamples must be a positive int, got {nsamples!r}")
@@ -157,7 +210,10 @@ def calibration_tokens(
     bos_id = bos_token_id(tokenizer, bos)
     if bos_id is not None and seqlen < 2:
         raise ValueError(f"seqlen must be >= 2 when windows start with BOS, got {seqlen}")
-    ids = _source_ids(tokenizer, source)
+    if heldout:
+        ids = _encode(tokenizer, "\n\n".join(split_articles(_articles(source))[0]))
+    else:
+        ids = _source_ids(tokenizer, source)
     text_len = seqlen if bos_id is None else seqlen - 1
     if ids.numel() < text_len:
         raise ValueError(
