@@ -86,3 +86,26 @@ def test_bad_inputs():
         magnitude(W.numpy(), parse_pattern("unstructured", 0.5))
     with pytest.raises(TypeError, match="Pattern"):
         magnitude(W, "unstructured")
+
+
+def test_solver_warm_start_prunes_the_error_corrected_target():
+    """With X* ≠ X the warm-start baseline is given W̃ = G H⁻¹ (the damped least-squares weight), not W₀."""
+    from fistaopt.llm import baselines as bl
+    from fistaopt.llm.config import PruneConfig
+    from fistaopt.llm.methods import prune_weight
+    from fistaopt.problems import LayerStatsAccumulator
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(256, 16, generator=g)
+    Xs = X + 0.3 * torch.randn(256, 16, generator=g)
+    W0 = torch.randn(6, 16, generator=g)
+    acc = LayerStatsAccumulator(16)
+    acc.add(X, Xs)
+    config = PruneConfig.build(None, sparsity=0.5, warm_start="sparsegpt", rounds=0, refit=False)
+    damped = acc.to_problem(W0, 0.0, damp=config.damp)
+    target = damped.least_squares()
+    expected = bl.sparsegpt(target, acc.H, config.pattern_spec, damp=config.damp)[0]
+    got = prune_weight("fista", W0, acc, config).W
+    assert torch.equal(got != 0, expected != 0)
+    torch.testing.assert_close(got, expected)
+    assert not torch.equal(expected != 0, bl.sparsegpt(W0, acc.H, config.pattern_spec, damp=config.damp)[0] != 0)

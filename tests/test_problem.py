@@ -359,3 +359,19 @@ def test_with_damping_equals_damped_statistics():
     torch.testing.assert_close(again.H - H, delta * torch.eye(12, dtype=torch.float64))
     with pytest.raises(ValueError, match="damp must be >= 0"):
         again.with_damping(W0, -1.0)
+
+
+def test_least_squares_is_the_error_corrected_dense_optimum():
+    """``least_squares`` minimises ‖X*Wᵀ − XW₀ᵀ‖² (+ ridge); it is W₀ when X* = X."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(80, 10, generator=g, dtype=torch.float64)
+    Xs = X + 0.1 * torch.randn(80, 10, generator=g, dtype=torch.float64)
+    W0 = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    p = LassoProblem.from_layer(W0, X, Xs)
+    expected = torch.linalg.lstsq(Xs, X @ W0.T).solution.T
+    torch.testing.assert_close(p.least_squares(), expected)
+    same = LassoProblem.from_layer(W0, X, damp=0.01)
+    torch.testing.assert_close(same.least_squares(), W0)
+    dead = LassoProblem.from_layer(W0, torch.cat([X[:, :9], torch.zeros(80, 1, dtype=torch.float64)], 1))
+    with pytest.raises(ValueError, match="not positive definite"):
+        dead.least_squares()

@@ -13,6 +13,7 @@ warm-started from a baseline.  Every method reports its relative error
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from fistaopt.llm.config import PruneConfig
 
 BASELINES = baselines.BASELINES
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,17 +87,39 @@ def lam_summary(lam: Any) -> dict[str, float] | None:
 
 
 def _baseline(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:
-    W = BASELINE_PRUNERS[method](W0, stats, config.pattern_spec, config.damp)
-    return PrunedWeight(W, float(stats.to_problem(W0, 0.0).relative_error(W)))
+    undamped = stats.to_problem(W0, 0.0)
+    target = W0
+    if method != "magnitude":  # data-aware baselines prune the error-corrected target (see _warm_start_target)
+        target = _warm_start_target(W0, stats, undamped.with_damping(W0, config.damp))
+    W = BASELINE_PRUNERS[method](target, stats, config.pattern_spec, config.damp)
+    return PrunedWeight(W, float(undamped.relative_error(W)))
+
+
+def _warm_start_target(W0: torch.Tensor, stats: LayerStatsAccumulator, problem: Any) -> torch.Tensor:
+    """The dense weight a data-aware baseline (alone or as a warm start) prunes: ``W₀``, or with error correction ``W̃ = G H⁻¹``.
+
+    With ``X* ≠ X`` the layer loss is ``‖X*Wᵀ − XW₀ᵀ‖² = ‖X*(W − W̃)ᵀ‖² + const`` for the
+    least-squares ``W̃`` of the (damped) problem, so SparseGPT's and Wanda's criteria,
+    which measure the distance to the weight they are given in the ``X*`` metric, must be
+    given ``W̃``.  Measured on SmolLM2-135M block 3 at 50%: mean relative error of the fista
+    layer prune 0.03236 (``W₀``) → 0.03185 (``W̃``), biggest on o_proj and down_proj.
+    """
+    if not stats.error_corrected:
+        return W0
+    try:
+        return problem.least_squares().to(W0.dtype)
+    except ValueError:
+        logger.warning("no least-squares target (H not positive definite): warm start from W0")
+        return W0
 
 
 def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:
     pattern = config.pattern_spec
-    warm = None
-    if config.warm_start != "none":
-        warm = BASELINE_PRUNERS[config.warm_start](W0, stats, pattern, config.damp)
     undamped = stats.to_problem(W0, 0.0)
     problem = undamped.with_damping(W0, config.damp)
+    warm = None
+    if config.warm_start != "none":
+        warm = BASELINE_PRUNERS[config.warm_start](_warm_start_target(W0, stats, problem), stats, pattern, config.damp)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
     return PrunedWeight(
         res.W, float(undamped.relative_error(res.W)),  # undamped, as for the baselines

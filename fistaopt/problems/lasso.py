@@ -205,6 +205,20 @@ class LassoProblem:
         problem = cls(H=H, G=G, c=c, lam=lam, **kwargs)
         return problem.with_damping(W0, damp) if damp > 0 else problem
 
+    def least_squares(self) -> torch.Tensor:
+        """The unpenalised minimiser ``W = G H⁻¹`` ``(d_out, d_in)`` (no λ, no mask), float64 solve.
+
+        For an error-corrected layer problem this is the dense weight that best maps
+        ``X*`` onto the target ``X W₀ᵀ`` (``W₀`` itself when ``X* = X``).
+
+        Raises:
+            ValueError: ``H`` is not positive definite (e.g. dead inputs without damping).
+        """
+        L, info = torch.linalg.cholesky_ex(self.H.to(torch.float64))
+        if int(info) != 0:
+            raise ValueError("H is not positive definite (dead inputs without damping?): no unique least-squares W")
+        return torch.cholesky_solve(self.G.to(torch.float64).T, L).T.to(self.dtype)
+
     def with_damping(self, W0: Any, damp: float) -> "LassoProblem":
         """This problem plus the ridge ``½δ‖W − W₀‖²``, ``δ = damp · mean(diag H)``.
 
