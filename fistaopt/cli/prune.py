@@ -297,9 +297,9 @@ def run_low_memory(args: argparse.Namespace, p: PrunePlan) -> int:
     try:
         folder = safetensors_folder(p.source)
         sharded = ShardedModel(folder)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"cannot open model {str(p.source)!r}: {str(e).splitlines()[0]}") from None
     bos_id = resolve_bos(tokenizer, args.bos)
     calib = _calibration(tokenizer, p, args)
     eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens else None
