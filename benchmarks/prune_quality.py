@@ -113,12 +113,33 @@ def parse_seeded_rows(text: str | None, methods: list[str], patterns: list[str])
     return rows
 
 
+def parse_methods(text: str, patterns: list[str]) -> tuple[list[str], dict[str, set[str]]]:
+    """``"SPEC;SPEC@P1,P2;..."`` → the method labels and, per restricted label, its patterns."""
+    methods, only = [], {}
+    for item in filter(str.strip, text.split(";")):
+        spec, at, pats = item.strip().rpartition("@")
+        label = Spec.parse(spec if at else item.strip()).label
+        methods.append(label)
+        if at:
+            wanted = {p.strip() for p in pats.split(",") if p.strip()}
+            unknown = sorted(wanted - set(patterns))
+            if not wanted or unknown:
+                raise ValueError(f"--methods entry {item.strip()!r}: patterns {unknown or pats!r} are not in --patterns")
+            only[label] = wanted
+    return methods, only
+
+
 def plan_tasks(methods: list[str], patterns: list[str], seeds: list[int],
-               seeded: set[tuple[str, str]], dense: bool) -> list[Task]:
-    """The dense model once, then every pattern × method at the first seed, seeded rows at every seed."""
+               seeded: set[tuple[str, str]], dense: bool, only: dict[str, set[str]] | None = None) -> list[Task]:
+    """The dense model once, then every pattern × method at the first seed, seeded rows at every seed.
+
+    ``only`` restricts a method to some patterns (``SPEC@P1,P2`` in ``--methods``).
+    """
     tasks = [Task("dense", "-", seeds[0])] if dense else []
     for pattern in patterns:
         for method in methods:
+            if only and method in only and pattern not in only[method]:
+                continue
             run_seeds = seeds if (method, pattern) in seeded else seeds[:1]
             tasks += [Task(method, pattern, s) for s in run_seeds]
     return tasks
@@ -202,7 +223,9 @@ def group_rows(runs: list[dict]) -> list[dict]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="HF folder or GGUF file (default: SmolLM2-135M)")
-    ap.add_argument("--methods", default=";".join(DEFAULT_METHODS), help="';'-separated method specs")
+    ap.add_argument("--methods", default=";".join(DEFAULT_METHODS),
+                    help="';'-separated method specs; SPEC@P1,P2 runs that method at those patterns only "
+                         "(e.g. fista[allocation=owl]@70%%)")
     ap.add_argument("--patterns", default="50%;2:4;70%", help="';'-separated: 50%% or N:M")
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=512)
@@ -213,7 +236,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          "issue 11); the held-out perplexity is then not held out")
     ap.add_argument("--seeds", default="0,1,2", help="calibration seeds; the first one serves every row")
     ap.add_argument("--seeded-rows", default=None,
-                    help=f"';'-separated METHOD@PATTERN rows that run every seed (default: {DEFAULT_SEEDED_ROWS})")
+                    help="';'-separated METHOD@PATTERN rows that run every seed (default: "
+                         + DEFAULT_SEEDED_ROWS.replace("%", "%%") + ")")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes, each with --threads threads")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
@@ -268,13 +292,13 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    methods = [Spec.parse(m).label for m in args.methods.split(";") if m.strip()]
     patterns = [p.strip() for p in args.patterns.split(";") if p.strip()]
     for p in patterns:
         pattern_args(p)
+    methods, only = parse_methods(args.methods, patterns)
     seeds = parse_seeds(args.seeds)
     seeded = parse_seeded_rows(args.seeded_rows, methods, patterns)
-    tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense)
+    tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense, only=only)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     from fistaopt import llm

@@ -126,3 +126,17 @@ def test_spread_and_bad_seeds_and_patterns():
     for bad in ("50", "0%", "100%", "4:2", "x:y"):
         with pytest.raises(ValueError, match="pattern"):
             pq.pattern_args(bad)
+
+
+def test_methods_restricted_to_patterns():
+    """``SPEC@P1,P2`` in --methods runs that method at those patterns only."""
+    patterns = ["50%", "2:4", "70%"]
+    methods, only = pq.parse_methods("sparsegpt;fista[allocation=owl,max_deviation=0.1]@70%,50%", patterns)
+    assert methods == ["sparsegpt", "fista[allocation=owl,max_deviation=0.1]"]
+    assert only == {"fista[allocation=owl,max_deviation=0.1]": {"70%", "50%"}}
+    tasks = pq.plan_tasks(methods, patterns, [0], set(), dense=False, only=only)
+    assert [(t.method, t.pattern) for t in tasks] == [
+        ("sparsegpt", "50%"), ("fista[allocation=owl,max_deviation=0.1]", "50%"), ("sparsegpt", "2:4"),
+        ("sparsegpt", "70%"), ("fista[allocation=owl,max_deviation=0.1]", "70%")]
+    with pytest.raises(ValueError, match="not in --patterns"):
+        pq.parse_methods("fista@60%", patterns)
