@@ -1,5 +1,13 @@
 """Coordinate descent on the Gram form: per-row working sets, screening, converged rows frozen.
 
+On the CPU (``compiled=True``, the default) the rows are swept between checks by the
+compiled kernel :mod:`fistaopt.solvers.cd_kernel` (numba; one row per thread, ``q = H w``
+updated only when a coordinate changes, active phases on the support, then a sweep of
+the zeros); steps 1–3 below and the stopping rule are the same, step 4 is the kernel's own
+active set.  Each row sweeps until no coordinate changes by more than ``τ_i · max |w|``;
+``τ_i`` starts at ``tol`` and shrinks ×0.1 at every check the row is still above its gap
+share.  Other devices (and ``compiled=False``) run the torch sweeps described below.
+
 The update (exact minimisation along one coordinate, no step size, so it does not care
 how badly ``H`` is conditioned across columns)::
 
@@ -38,9 +46,11 @@ limits how far a row's support can grow.  Measured on SmolLM2 q_proj, 50% unstru
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from fistaopt.problems.lasso import GapInfo, LassoProblem
@@ -67,6 +77,10 @@ class CD(Solver):
         min_working_set: smallest per-row working set (columns).
         anderson: epochs between Anderson extrapolations (0: none).
         block_size: columns per block of the all-columns sweep (one small GEMM each).
+        compiled: on the CPU, run the compiled per-row kernel
+            (:mod:`~fistaopt.solvers.cd_kernel`) between checks instead of the torch
+            sweeps (which other devices use); ``working_set``, ``min_working_set``,
+            ``anderson`` and ``block_size`` apply to the torch sweeps only.
     """
 
     name: ClassVar[str] = "cd"
@@ -78,9 +92,12 @@ class CD(Solver):
     min_working_set: int = 16
     anderson: int = 5
     block_size: int = 32
+    compiled: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.compiled, bool):
+            raise ValueError(f"compiled must be True or False, got {self.compiled!r}")
         for key, low in (("block_size", 1), ("min_working_set", 1), ("anderson", 0)):
             v = getattr(self, key)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
@@ -101,6 +118,8 @@ class CD(Solver):
         rows[fixed] = 0
         WH = rows @ H
         info = problem.duality_gap(W, WH=WH.view(W.shape))
+        if self.compiled and W.device.type == "cpu":
+            return W, _run_compiled(self, problem, W, WH, (H, G, thr, fixed), info, state)
         k = 0
         with torch.no_grad():
             while k < self.max_iter:
@@ -156,6 +175,90 @@ class CD(Solver):
             cols = torch.topk(scores[group], s, dim=1, largest=False).indices
             sweeps.append(RowSweep(H, rows, grad, G, thr, fixed, group, cols, self.anderson))
         return sweeps
+
+
+#: The compiled kernel's rows stop sweeping when a sweep changes no coordinate by more
+#: than ``tol · max |w|``: ``tol`` starts at the solver's ``tol`` (at most ``INNER_TOL``;
+#: measured on down_proj @ 0.1 λ_max: one round at 1e-6 reaches a relative gap of 1.05e-6
+#: in 1.8 s, four rounds from 1e-3 take 2.5 s) and shrinks by ``INNER_SHRINK``
+#: for every row still above its gap share at a check (so easy rows stop early, hard
+#: rows get tighter sweeps); an active phase runs at most ``MAX_ACTIVE_SWEEPS`` sweeps.
+INNER_TOL = 1e-3
+INNER_SHRINK = 0.1
+MAX_ACTIVE_SWEEPS = 1000
+#: Rows per kernel call; the time limit is looked at between calls.
+ROW_CHUNK = 64
+
+
+def _run_compiled(solver: CD, problem: LassoProblem, W: torch.Tensor, WH: torch.Tensor,
+                  arrays: tuple[torch.Tensor, ...], info: GapInfo, state: _RunState) -> int:
+    """The CPU loop: the compiled kernel on the active rows (at most ``check_every`` rounds
+    each, a round being an active phase and a sweep of the zeros), then a check at
+    iteration ``k + check_every`` as for every solver; returns the iterations.
+    ``arrays = (H, G, thr, fixed)`` as in :meth:`CD._run`."""
+    H, G, thr, fixed = arrays
+    R, d = fixed.shape
+    rows = W.view(R, d)
+    kernel = _Kernel(solver, state, (H, G, thr), rows, WH, fixed)
+    k = 0
+    with torch.no_grad():
+        while k < solver.max_iter:
+            if solver.screening:
+                fixed |= gap_safe_zeros(problem, W, (WH - G).view(W.shape), info).reshape(R, d)
+            active = solver._active_rows(info, R)
+            budget = min(solver.check_every if solver.certify else solver.max_iter, solver.max_iter - k)
+            kernel.round(active.numpy().astype(np.int64), budget)
+            k += budget  # a row that stopped early (its sweeps moved nothing) idles the rest
+            WH[active] = _times(rows[active], H)
+            if not solver.certify or state.check(k, W if solver.callback is None else W.clone(), WH.view(W.shape)):
+                break
+            info = state.last_info
+    return k
+
+
+class _Kernel:
+    """The compiled kernel's side of :func:`_run_compiled`: float64 arrays of the iterate
+    ``rows`` and its product ``WH`` (numpy views of them for float64 iterates, copies
+    rounded into them after each round otherwise), ``fixed`` (a view), contiguous
+    float64 copies of ``H, G, thr``, and each row's sweep tolerance.
+
+    Float32 iterates are swept in float64: ``q = H w`` updated in float32 drifts on
+    ill-conditioned ``H`` (measured, ``correlated`` 32×48 at 0.1 λ_max: the certified gap
+    rose from 1.5e-5 to 1.7e-4 over the rounds, a precision-limit stop at 1e-5).
+    """
+
+    def __init__(self, solver: CD, state: _RunState, data: tuple[torch.Tensor, ...], rows: torch.Tensor,
+                 WH: torch.Tensor, fixed: torch.Tensor) -> None:
+        import numba
+
+        from fistaopt.solvers import cd_kernel
+
+        self.solver, self.state, self.rows = solver, state, rows
+        self.data = tuple(np.ascontiguousarray(a.numpy(), dtype=np.float64) for a in data)
+        self.copies = rows.dtype != torch.float64
+        self.W = rows.numpy().astype(np.float64) if self.copies else rows.numpy()
+        self.WH = self.W @ self.data[0] if self.copies else WH.numpy()
+        self.fixed = fixed.numpy()
+        self.inner = np.full(rows.shape[0], min(max(solver.tol, np.finfo(np.float64).eps), INNER_TOL))
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        self.run = cd_kernel.solve_rows if threads > 1 else cd_kernel.solve_rows_serial
+        if threads > 1:
+            numba.set_num_threads(threads)
+
+    def round(self, idx: np.ndarray, budget: int) -> None:
+        """At most ``budget`` rounds on each row of ``idx``, ``ROW_CHUNK`` rows per call (the
+        time limit is looked at between calls)."""
+        H, G, thr = self.data
+        for s in range(0, len(idx), ROW_CHUNK):
+            part = idx[s:s + ROW_CHUNK]
+            self.run(H, G, thr, self.fixed, self.W, self.WH, part, self.inner[part], budget, MAX_ACTIVE_SWEEPS)
+            limit = self.solver.time_limit
+            if limit is not None and time.perf_counter() - self.state.start >= limit:
+                break
+        self.inner[idx] = np.maximum(self.inner[idx] * INNER_SHRINK, np.finfo(np.float64).eps)
+        if self.copies:
+            self.rows[torch.from_numpy(idx)] = torch.from_numpy(self.W[idx]).to(self.rows.dtype)
+            self.WH[idx] = self.W[idx] @ H
 
 
 #: Below this fraction of non-zeros ``W_rows @ H`` is computed as a sparse product
