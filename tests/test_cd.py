@@ -128,7 +128,7 @@ def test_float64_is_never_stopped_by_the_stall_rule():
 def test_auto_rule():
     sparse = fo.make_problem("llm-like", 32, 640, lam_ratio=0.1)
     dense = fo.make_problem("iid", 32, 640, lam_ratio=1e-3)
-    assert auto.violators_per_row(sparse) <= auto.CD_MAX_VIOLATORS < auto.violators_per_row(dense)
+    assert auto.violator_fraction(sparse) <= auto.CD_MAX_VIOLATOR_FRACTION < auto.violator_fraction(dense)
     assert auto.choose(sparse) == "cd"
     assert auto.choose(dense) == "admm"
     assert auto.choose(sparse, dtype=torch.float32) == "fista"

@@ -4,19 +4,20 @@ The rule (measured with ``benchmarks/solver_peers.py``, see docs/solvers.md)::
 
     device is not the CPU, or float32 iterates   →  fista   (GEMM-bound iterations)
     otherwise (CPU, float64):
-        v = mean over rows of #{j free : |G_ij| > λ_i ω_j}   (KKT violated at W = 0)
-        v ≤ CD_MAX_VIOLATORS                       →  cd      (sparse rows)
-        v >  CD_MAX_VIOLATORS                      →  admm    (dense, hard problems)
+        f = mean over rows of #{j free : |G_ij| > λ_i ω_j} / d_in   (KKT violated at W = 0)
+        f ≤ CD_MAX_VIOLATOR_FRACTION (0.5)          →  cd      (sparse rows: compiled kernel)
+        f >  CD_MAX_VIOLATOR_FRACTION               →  admm    (dense, hard problems)
 
-``v`` costs one pass over ``G`` and predicts how many coordinates each row's coordinate
-descent will have to work on (its cost grows with their square, ADMM's does not).
-Measured (docs/results/solver-peers.json, SmolLM2 block-3 statistics): ``v`` = 7–179
-for ``q_proj`` (λ = 0.01 and 0.1 λ_max), ``o_proj`` and ``up_proj`` at 0.1 and the
-synthetic ``llm-like`` problems, where ``cd`` was the fastest of ours (1.7–14× ahead
-of FISTA and ADMM); 494–1417 for ``o_proj``, ``up_proj``, ``down_proj`` at 0.01, where
-``admm`` was (``cd`` did not converge within 40 s on two of them); ``down_proj`` at 0.1
-(``v`` = 567) was a tie (``cd`` 12.3 s, ``admm`` 12.7 s).  A masked refit (``λ = 0``) has
-every free entry violating and goes to ADMM.
+``f`` costs one pass over ``G`` and predicts the share of its coordinates each row's
+coordinate descent will have to work on (its active phases cost the square of that
+number per sweep; ADMM's iterations do not depend on it).  Measured
+(docs/results/solver-peers.json, SmolLM2 block-3 statistics and the synthetic
+``llm-like`` 256×512 problem, λ = 0.01 and 0.1 λ_max): ``f`` = 0.01–0.37 on the rows
+where ``cd`` was the fastest of ours (every 0.1 λ_max row, q_proj and llm-like at 0.01,
+down_proj at 0.1 with ``f`` = 0.37), 0.86–0.92 on o_proj, up_proj and down_proj at
+0.01, where ``admm`` was.  A masked refit (``λ = 0``) has every free entry violating and
+goes to ADMM.  float32 iterates on the CPU were not part of the measurement; they keep
+``fista``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from fistaopt.problems.lasso import LassoProblem
 from fistaopt.solvers.base import SolveResult, Solver
 from fistaopt.solvers.registry import get
 
-#: Largest mean number of entries per row violating the KKT condition at zero for
+#: Largest mean fraction of a row's entries violating the KKT condition at zero for
 #: which ``cd`` is chosen.
-CD_MAX_VIOLATORS = 300
+CD_MAX_VIOLATOR_FRACTION = 0.5
 
 
 def violators_per_row(problem: LassoProblem) -> float:
@@ -44,12 +45,17 @@ def violators_per_row(problem: LassoProblem) -> float:
     return float(violating.sum()) / rows if rows else 0.0
 
 
+def violator_fraction(problem: LassoProblem) -> float:
+    """:func:`violators_per_row` divided by ``d_in`` (0 for ``d_in = 0``)."""
+    return violators_per_row(problem) / problem.d_in if problem.d_in else 0.0
+
+
 def choose(problem: LassoProblem, device: Any = None, dtype: torch.dtype | None = None) -> str:
     """Registry name of the solver the rule above picks for ``problem``."""
     where = torch.device(device) if device is not None else problem.device
     if where.type != "cpu" or dtype == torch.float32:
         return "fista"
-    return "cd" if violators_per_row(problem) <= CD_MAX_VIOLATORS else "admm"
+    return "cd" if violator_fraction(problem) <= CD_MAX_VIOLATOR_FRACTION else "admm"
 
 
 @dataclass
