@@ -88,8 +88,8 @@ def test_bad_inputs():
         magnitude(W, "unstructured")
 
 
-def test_solver_warm_start_prunes_the_error_corrected_target():
-    """With X* ≠ X the warm-start baseline is given W̃ = G H⁻¹ (the damped least-squares weight), not W₀."""
+def test_solver_warm_start_target_least_squares_or_dense():
+    """baseline_target='least-squares': with X* ≠ X the warm start prunes W̃ = G H⁻¹; 'dense' (default): W₀."""
     from fistaopt.llm import baselines as bl
     from fistaopt.llm.config import PruneConfig
     from fistaopt.llm.methods import prune_weight
@@ -101,11 +101,19 @@ def test_solver_warm_start_prunes_the_error_corrected_target():
     W0 = torch.randn(6, 16, generator=g)
     acc = LayerStatsAccumulator(16)
     acc.add(X, Xs)
-    config = PruneConfig.build(None, sparsity=0.5, warm_start="sparsegpt", rounds=0, refit=False)
+    config = PruneConfig.build(None, sparsity=0.5, warm_start="sparsegpt", rounds=0, refit=False,
+                               baseline_target="least-squares")
     damped = acc.to_problem(W0, 0.0, damp=config.damp)
     target = damped.least_squares()
     expected = bl.sparsegpt(target, acc.H, config.pattern_spec, damp=config.damp)[0]
     got = prune_weight("fista", W0, acc, config).W
     assert torch.equal(got != 0, expected != 0)
     torch.testing.assert_close(got, expected)
-    assert not torch.equal(expected != 0, bl.sparsegpt(W0, acc.H, config.pattern_spec, damp=config.damp)[0] != 0)
+    dense = bl.sparsegpt(W0, acc.H, config.pattern_spec, damp=config.damp)[0]
+    assert not torch.equal(expected != 0, dense != 0)
+    default = PruneConfig.build(None, sparsity=0.5, warm_start="sparsegpt", rounds=0, refit=False)
+    assert default.baseline_target == "dense"
+    torch.testing.assert_close(prune_weight("fista", W0, acc, default).W, dense)
+    torch.testing.assert_close(prune_weight("sparsegpt", W0, acc, default).W, dense)
+    with pytest.raises(ValueError, match="baseline_target must be one of dense, least-squares"):
+        PruneConfig.build(None, baseline_target="w0")

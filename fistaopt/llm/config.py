@@ -28,6 +28,7 @@ from fistaopt.llm.streams import BLOCK_INPUT_MODES
 from fistaopt.sparsity import Pattern, parse_pattern
 
 WARM_STARTS = ("auto", "none", *BASELINES)
+BASELINE_TARGETS = ("dense", "least-squares")
 STATS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_SPARSITY = 0.5
 
@@ -70,6 +71,10 @@ class PruneConfig:
             for unstructured patterns and for OPT, Wanda for N:M on other models: the
             better start as measured on SmolLM2, see docs/pruning.md), ``"none"`` or a baseline.
         error_correction: ``X*`` from the block with earlier operators pruned (else ``X* = X``).
+        baseline_target: with error correction, the dense weight that Wanda and SparseGPT
+            (alone or as a warm start) prune: ``"dense"`` (``W₀``, default) or
+            ``"least-squares"`` (``W̃ = G H⁻¹``, whose ``X*``-distance is the layer loss; lower
+            layer errors but measured worse perplexity on SmolLM2, docs/pruning.md).
         block_inputs: ``"pruned"``, ``"dense"`` or ``"corrected"`` (:mod:`fistaopt.llm.streams`).
         damp: ridge ``damp · mean(diag H)`` toward the dense weight (solvers and SparseGPT).
         batch_size: calibration sequences per forward.
@@ -88,6 +93,7 @@ class PruneConfig:
     method: str = "fista"
     warm_start: str = "auto"
     error_correction: bool = True
+    baseline_target: str = "dense"
     block_inputs: str = "pruned"
     damp: float = 0.01
     batch_size: int = 8
@@ -113,6 +119,7 @@ class PruneConfig:
                                          WARM_STARTS))
         if not isinstance(self.error_correction, bool):
             raise ValueError(f"error_correction must be True or False, got {self.error_correction!r}")
+        _one_of("baseline_target", self.baseline_target, BASELINE_TARGETS)
         _one_of("block_inputs", self.block_inputs, BLOCK_INPUT_MODES)
         if self.block_inputs == "corrected" and not self.error_correction:
             raise ValueError("block_inputs='corrected' needs error_correction=True (X* and X come from different models)")
