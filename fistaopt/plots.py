@@ -293,6 +293,42 @@ def plot_prune_report(report: Mapping[str, Any] | str | os.PathLike, *, title: s
     return fig
 
 
+def plot_allocation(report: Mapping[str, Any] | str | os.PathLike, *, title: str | None = None) -> "Figure":
+    """A non-uniform allocation per block: target and realised sparsity (left), per operator (right).
+
+    ``report`` is the dict of ``report.json`` (with its ``allocation``, written by a run
+    with ``allocation="owl"`` or ``"convex"``) or its path.
+
+    Raises:
+        ValueError: the report holds no allocation.
+    """
+    if isinstance(report, (str, os.PathLike)):
+        report = load_report(report)
+    alloc = report.get("allocation")
+    if not isinstance(alloc, Mapping) or not alloc.get("blocks"):
+        raise ValueError("prune report holds no sparsity allocation (run with allocation='owl' or 'convex')")
+    fig, axes = _new_figure(2, width=5.6, height=4.0)
+    blocks = alloc["blocks"]
+    xs = [b["block"] for b in blocks]
+    axes[0].plot(xs, [b["target"] for b in blocks], marker="o", markersize=3, label="target")
+    realised = [(b["block"], b["realised"]) for b in blocks if b.get("realised") is not None]
+    if realised:
+        axes[0].plot(*zip(*realised), marker="x", linestyle="none", label="realised")
+    axes[0].axhline(alloc["target"], color="grey", linewidth=0.8, linestyle="--", label="uniform")
+    axes[0].set_ylabel("sparsity (parameter-weighted)")
+    ops = alloc.get("operators", [])
+    for name in dict.fromkeys(op["name"] for op in ops):
+        pts = sorted((op["block"], op["target"]) for op in ops if op["name"] == name)
+        axes[1].plot(*zip(*pts), marker="o", markersize=3, linewidth=1.2, label=name)
+    axes[1].set_ylabel("operator sparsity (target)")
+    for ax in axes:
+        ax.set_xlabel("block")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.suptitle(title or f"sparsity allocation ({alloc.get('rule')}, target {alloc['target']:g})")
+    return fig
+
+
 def load_report(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``report.json`` (a file, or a folder that holds one).
 

@@ -10,7 +10,7 @@ from fistaopt.cli.common import UsageError, output_folder
 from fistaopt.cli.compare import safe_name
 
 EPILOG = """examples:
-  fistaopt plot out/smollm2-fista-50/report.json --out out/figures     # → prune-report.png
+  fistaopt plot out/smollm2-fista-50/report.json --out out/figures     # → prune-report.png (+ allocation.png)
   fistaopt plot out/study --out out/study-svg --format svg             # → convergence-<problem>.svg
 """
 
@@ -38,7 +38,11 @@ def _figures(src: Path) -> dict[str, Any]:
         return {f"convergence-{safe_name(name)}": plots.plot_convergence(study, name)
                 for name in study.problem_names if study.traces(name)}
     try:
-        return {"prune-report": plots.plot_prune_report(plots.load_report(src))}
+        report = plots.load_report(src)
+        figures = {"prune-report": plots.plot_prune_report(report)}
+        if report.get("allocation"):
+            figures["allocation"] = plots.plot_allocation(report)
+        return figures
     except ValueError as e:
         raise UsageError(str(e)) from None
 

@@ -14,7 +14,7 @@ import copy
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ def prune_block(
     block: nn.Module, index: int, calls: list[BlockCall], stream: PrunedStream, config: PruneConfig, *,
     device: torch.device, last: bool, on_operator: Callable[[OperatorRecord], None],
     accumulator: AccumulatorFactory = LayerStatsAccumulator, comm: Communicator = SINGLE,
+    sparsities: Mapping[str, float] | None = None,
 ) -> None:
     """Prune ``block`` (decoder block ``index``) in place and advance ``stream`` past it.
 
@@ -49,7 +50,8 @@ def prune_block(
     ``accumulator`` makes the statistics accumulators (tests inject a recording one).
     With a distributed ``comm`` the stream holds this rank's batches: each group's
     statistics are summed over the ranks and its rows solved in shares
-    (:mod:`fistaopt.llm.distributed`).
+    (:mod:`fistaopt.llm.distributed`).  ``sparsities`` maps operator names to their own
+    sparsity (a non-uniform allocation, :mod:`fistaopt.llm.allocation`); None: ``config.sparsity``.
     """
     home = next(block.parameters()).device
     block.to(device)
@@ -68,13 +70,13 @@ def prune_block(
                 acc = new_acc(g)
                 stream.group_statistics(work, g, gi == 0, acc)
                 comm.reduce_statistics(acc)
-                _prune_group(g, gi, acc, index, config, on_operator, comm)
+                _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
         else:
             accs = [new_acc(g) for g in groups]
             stream.dense_statistics(work, groups, accs)
             for gi, (g, acc) in enumerate(zip(groups, accs)):
                 comm.reduce_statistics(acc)
-                _prune_group(g, gi, acc, index, config, on_operator, comm)
+                _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
         if not last:
             stream.advance(work)
     finally:
@@ -88,13 +90,15 @@ def _save_problem(acc: Any, W0: torch.Tensor, index: int, name: str, shape: Any,
 
 
 def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,
-                 on_operator: Callable[[OperatorRecord], None], comm: Communicator) -> None:
+                 on_operator: Callable[[OperatorRecord], None], comm: Communicator,
+                 sparsities: Mapping[str, float] | None = None) -> None:
     for op in group.operators:
         W0 = op.get_weight().to(acc.H.device)
         if config.save_problems and comm.is_main:
             _save_problem(acc, W0, index, op.name, op.shape, config)
+        op_config = config if sparsities is None else config.for_operator(sparsities[op.name])
         t0 = time.perf_counter()
-        pruned = prune_weight_sharded(comm, W0, acc, config)
+        pruned = prune_weight_sharded(comm, W0, acc, op_config)
         seconds = time.perf_counter() - t0
         op.set_weight(pruned.W)
         n_zero = int((op.get_weight() == 0).sum())

@@ -16,12 +16,14 @@ checked by :meth:`PruneConfig.check_widths`, :meth:`check_blocks` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
 import torch
 
 from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.llm.allocation import ALLOCATIONS
 from fistaopt.llm.data import BOS_CHOICES
 from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
 from fistaopt.llm.streams import BLOCK_INPUT_MODES
@@ -84,6 +86,13 @@ class PruneConfig:
         save_problems: a folder where every operator's layer problem is saved (or None).
         bos: how calibration windows start (``auto``/``always``/``never``,
             :mod:`fistaopt.llm.data`); used where the windows are built, recorded here.
+        allocation: how the sparsity is spread over the operators (unstructured patterns):
+            ``"uniform"`` (every operator at ``sparsity``), ``"owl"`` (per block, from the
+            outlier ratios) or ``"convex"`` (per operator, by one λ shared by the ℓ1
+            problems); the total number of pruned weights is the uniform one exactly
+            (:mod:`fistaopt.llm.allocation`).
+        owl_threshold: OWL's ``M``: a Wanda score is an outlier above ``M`` × the block's mean.
+        max_deviation: how far an operator's sparsity may move from ``sparsity`` (OWL's λ).
         layer: how one layer is pruned (solver methods).
         solver_options: options of the ℓ1 solver (e.g. ``precondition``, ``device``).
     """
@@ -102,6 +111,9 @@ class PruneConfig:
     blocks: tuple[int, ...] | None = None
     save_problems: str | None = None
     bos: str = "auto"
+    allocation: str = "uniform"
+    owl_threshold: float = 5.0
+    max_deviation: float = 0.08
     layer: LayerOptions = field(default_factory=LayerOptions)
     solver_options: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +149,7 @@ class PruneConfig:
         if self.save_problems is not None:
             set_(self, "save_problems", str(self.save_problems))
         _one_of("bos", self.bos, BOS_CHOICES)
+        self._check_allocation()
         if not isinstance(self.layer, LayerOptions):
             raise ValueError(f"layer must be a LayerOptions, got {type(self.layer).__name__}")
         if is_baseline(self.method):
@@ -155,6 +168,25 @@ class PruneConfig:
         if ":" in self.pattern:
             return parse_pattern(self.pattern, s)
         return parse_pattern(self.pattern, DEFAULT_SPARSITY if s is None else float(s))
+
+    def _check_allocation(self) -> None:
+        _one_of("allocation", self.allocation, ALLOCATIONS)
+        for name in ("owl_threshold", "max_deviation"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if self.owl_threshold <= 0:
+            raise ValueError(f"owl_threshold must be > 0, got {self.owl_threshold}")
+        if self.allocation == "uniform":
+            return
+        if self._pattern.kind == "nm":  # type: ignore[attr-defined]
+            raise ValueError(f"allocation={self.allocation!r} needs an unstructured pattern; "
+                             f"N:M ({self.pattern}) keeps its fixed per-row pattern")
+        s, dev = self.sparsity, self.max_deviation
+        if not (0 <= dev and s - dev >= 0 and s + dev < 1):
+            raise ValueError(f"max_deviation must keep sparsity ± max_deviation inside [0, 1); "
+                             f"got {dev} at sparsity {s}")
 
     def _check_blocks_value(self) -> None:
         if self.blocks is None:
@@ -217,6 +249,10 @@ class PruneConfig:
         if self.warm_start == "auto":
             return replace(self, warm_start=auto_warm_start(self.pattern, model_type))
         return self
+
+    def for_operator(self, sparsity: float) -> "PruneConfig":
+        """This config at an operator's own (allocated) ``sparsity``, the pattern's scope kept."""
+        return replace(self, sparsity=sparsity, allocation="uniform")
 
     def settings(self) -> dict[str, Any]:
         """The config as plain JSON values (the report's settings)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fistaopt.llm.allocation import plan_allocation
 from fistaopt.llm.block import AccumulatorFactory, prune_block
 from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.checkpoint import Checkpoint, fingerprint
@@ -129,6 +130,9 @@ def run_block_loop(
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
     inputs = capture_block_inputs(model, batches if by_blocks else comm.local_batches(batches))
+    allocation = plan_allocation(blocks, inputs, selected, config, exec_device, whole_model=residency.holds_blocks,
+                                 distributed=comm.distributed)
+    report.allocation = None if allocation is None else allocation.to_dict()
     stream = make_stream(config.block_inputs, inputs.hidden)
     start = _resume(ckpt, blocks, stream, report, comm, residency) if ckpt is not None else 0
     bar, on_operator = _progress(report, sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
@@ -143,7 +147,8 @@ def run_block_loop(
         with _peak_memory(exec_device, report, i):
             if i in selected:
                 prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
-                            on_operator=on_operator, accumulator=accumulator, comm=comm)
+                            on_operator=on_operator, accumulator=accumulator, comm=comm,
+                            sparsities=None if allocation is None else allocation.for_block(i))
             else:
                 run_dense(i, stream)
         if ckpt is not None:

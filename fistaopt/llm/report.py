@@ -37,13 +37,16 @@ class PruneReport:
     ``settings`` is ``asdict`` of the run's :class:`~fistaopt.llm.config.PruneConfig`
     plus what the calibration data were (``nsamples``, ``seqlen``) and the model's
     ``n_blocks``; ``extra`` is free for callers (the CLI adds perplexities, versions),
-    written at the top level of :meth:`to_dict`.
+    written at the top level of :meth:`to_dict`.  ``allocation`` is a non-uniform
+    allocation's targets (:meth:`fistaopt.llm.allocation.Allocation.to_dict`), written with
+    each operator's and block's realised sparsity from the records (None: uniform).
     """
 
     settings: dict[str, Any]
     records: list[OperatorRecord] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    allocation: dict[str, Any] | None = None
 
     def summarize(self) -> dict[str, Any]:
         """Recompute ``totals`` from the records and return them."""
@@ -62,11 +65,23 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         """``settings``, ``totals``, the ``extra`` entries (at the top level) and ``records``."""
-        clash = sorted(set(self.extra) & {"settings", "totals", "records"})
+        clash = sorted(set(self.extra) & {"settings", "totals", "records", "allocation"})
         if clash:
             raise ValueError(f"report extra entries may not be named {clash}")
-        return {"settings": self.settings, "totals": self.totals, **self.extra,
+        alloc = {} if self.allocation is None else {"allocation": self.realised_allocation()}
+        return {"settings": self.settings, "totals": self.totals, **self.extra, **alloc,
                 "records": [asdict(r) for r in self.records]}
+
+    def realised_allocation(self) -> dict[str, Any]:
+        """``allocation`` with ``realised`` (the pruned weight's sparsity) per operator and per block."""
+        from fistaopt.llm.allocation import block_view
+
+        done = {(r.block, r.name): r.sparsity for r in self.records}
+        ops = [{**op, "realised": done.get((op["block"], op["name"]))} for op in self.allocation["operators"]]
+        finished = [op for op in ops if op["realised"] is not None]
+        realised = {b["block"]: b["realised"] for b in block_view(finished, "realised")}
+        blocks = [{**b, "realised": realised.get(b["block"])} for b in self.allocation["blocks"]]
+        return {**self.allocation, "operators": ops, "blocks": blocks}
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_dict` as JSON, atomically."""
