@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fistaopt as fo
-from fistaopt.layer import masked_refit, prune_layer, refit_mask
+from fistaopt.layer import LayerOptions, masked_refit, prune_layer, refit_mask
 from fistaopt.sparsity import parse_pattern, project, satisfies
 
 
@@ -89,7 +89,7 @@ def test_prune_layer_exact_pattern_and_beats_baselines(pattern, sparsity, solver
     e = error(W0, X, res.W)
     assert e <= error(W0, X, wanda) and e <= error(W0, X, magnitude)
     # never worse than the refit warm start, row by row
-    refit_ws = refit_mask(prob, wanda != 0, wanda, max_iter=25)
+    refit_ws = refit_mask(prob, wanda != 0, wanda, max_iter=LayerOptions().refit_iter)  # as prune_layer does
     plain = prob.with_lam(0.0)
     if pat.scope == "layer":  # one shared budget: the guarantee holds for the layer as a whole
         assert plain.objective(res.W) <= plain.objective(refit_ws) + 1e-9

@@ -37,7 +37,8 @@ class LayerOptions:
         rounds: ℓ1 rounds (solve → round → refit), each from the best point so far.
         round_iter: solver iterations per round.
         quantiles: per round, the quantile of the pruned-entry gradient that sets λ_i.
-        refit_iter: conjugate-gradient iterations per refit.
+        refit_iter: conjugate-gradient iterations per refit (10: the layer errors of 25 or 50
+            to 0.1% on SmolLM2 block 3 at 50%, 70% and 2:4, at 35–40% less layer time).
         search_steps, search_iter: λ-search steps and iterations (no warm start only).
         penalty: ``"l1"`` (plain ``λ‖W‖₁``) or ``"scaled"`` (``λ Σ_j ‖X*_j‖ |W_ij|``).
         lam_rule: ``"quantile"`` or ``"xi"`` (the paper's rounding-error criterion).
@@ -48,7 +49,7 @@ class LayerOptions:
     rounds: int = 2
     round_iter: int = 15
     quantiles: tuple[float, ...] = (0.9, 0.6)
-    refit_iter: int = 25
+    refit_iter: int = 10
     search_steps: int = 8
     search_iter: int = 20
     penalty: str = "scaled"
