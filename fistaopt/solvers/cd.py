@@ -41,6 +41,8 @@ as the ℓ1 rounds of :func:`fistaopt.layer.prune_layer`) keeps its first ones, 
 limits how far a row's support can grow.  Measured on SmolLM2 q_proj, 50% unstructured
 (``search_steps=2, rounds=1``): relative error 0.026 with ``cd`` against 0.0095 with
 ``fista`` (7.1 s) and 0.0090 with ``cd[working_set=False]`` (31.8 s); keep ``fista`` there.
+With the compiled kernel (one thread, same layer): 0.0106 in 5.5 s against ``fista``'s
+0.0097 in 1.6 s.
 """
 
 from __future__ import annotations
@@ -182,7 +184,8 @@ class CD(Solver):
 #: measured on down_proj @ 0.1 λ_max: one round at 1e-6 reaches a relative gap of 1.05e-6
 #: in 1.8 s, four rounds from 1e-3 take 2.5 s) and shrinks by ``INNER_SHRINK``
 #: for every row still above its gap share at a check (so easy rows stop early, hard
-#: rows get tighter sweeps); an active phase runs at most ``MAX_ACTIVE_SWEEPS`` sweeps.
+#: rows get tighter sweeps); an active phase runs at most ``MAX_ACTIVE_SWEEPS`` sweeps
+#: (one in a ``certify=False`` run, whose ``max_iter`` then counts epochs as in the torch path).
 INNER_TOL = 1e-3
 INNER_SHRINK = 0.1
 MAX_ACTIVE_SWEEPS = 1000
@@ -240,6 +243,8 @@ class _Kernel:
         self.WH = self.W @ self.data[0] if self.copies else WH.numpy()
         self.fixed = fixed.numpy()
         self.inner = np.full(rows.shape[0], min(max(solver.tol, np.finfo(np.float64).eps), INNER_TOL))
+        # a fixed-budget run (no checks) counts epochs: one support sweep and one of the zeros
+        self.max_active = MAX_ACTIVE_SWEEPS if solver.certify else 1
         threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         self.run = cd_kernel.solve_rows if threads > 1 else cd_kernel.solve_rows_serial
         if threads > 1:
@@ -251,7 +256,7 @@ class _Kernel:
         H, G, thr = self.data
         for s in range(0, len(idx), ROW_CHUNK):
             part = idx[s:s + ROW_CHUNK]
-            self.run(H, G, thr, self.fixed, self.W, self.WH, part, self.inner[part], budget, MAX_ACTIVE_SWEEPS)
+            self.run(H, G, thr, self.fixed, self.W, self.WH, part, self.inner[part], budget, self.max_active)
             limit = self.solver.time_limit
             if limit is not None and time.perf_counter() - self.state.start >= limit:
                 break
