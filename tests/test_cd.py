@@ -65,10 +65,12 @@ def test_entry_scores_are_negative_exactly_where_kkt_fails_at_zero():
 
 
 @pytest.mark.parametrize("options", [
-    dict(), dict(working_set=False), dict(screening=False), dict(anderson=0),
-    dict(min_working_set=1), dict(block_size=3, working_set=False),
+    dict(), dict(screening=False), dict(compiled=False), dict(compiled=False, working_set=False),
+    dict(compiled=False, screening=False), dict(compiled=False, anderson=0),
+    dict(compiled=False, min_working_set=1), dict(compiled=False, block_size=3, working_set=False),
 ])
 def test_variants_reach_the_same_certified_optimum(options):
+    # compiled=False: the torch sweeps (other devices) on the CPU
     p = fo.make_problem("llm-like", 24, 64, lam_ratio=0.05, seed=4)
     ref = fo.solve(p, "admm", tol=1e-11, max_iter=50_000)
     r = fo.solve(p, "cd", tol=1e-10, max_iter=50_000, **options)
