@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fistaopt as fo  # noqa: E402
+from fistaopt.problems.synthetic import PROBLEM_KINDS  # noqa: E402
 
 OURS = ("fista", "admm", "cd", "auto")
 PEERS = ("sklearn", "celer", "skglm")
@@ -58,9 +59,10 @@ def capture(folder: Path) -> None:
 
 def problems(folder: Path, ratios: list[float], synthetic: bool) -> list[tuple[str, float, fo.LassoProblem]]:
     out = []
-    if synthetic:
-        for r in ratios:
-            out.append(("llm-like 256x512", r, fo.make_problem("llm-like", 256, 512, lam_ratio=r)))
+    if synthetic:  # every synthetic kind of fistaopt.problems.PROBLEM_KINDS
+        for kind in PROBLEM_KINDS:
+            for r in ratios:
+                out.append((f"{kind} 256x512", r, fo.make_problem(kind, 256, 512, lam_ratio=r)))
     if not any(folder.glob("block03.*.pt")):
         capture(folder)
     for op in OPERATORS:

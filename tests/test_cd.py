@@ -128,18 +128,36 @@ def test_float64_is_never_stopped_by_the_stall_rule():
 
 # ---------------------------------------------------------------------------- auto
 def test_auto_rule():
+    """Each branch of the rule: sparse gradients → cd; dense gradients and well conditioned → fista;
+    dense gradients, ill conditioned, sparse sampled solution → cd; dense solution → admm."""
     sparse = fo.make_problem("llm-like", 32, 640, lam_ratio=0.1)
-    dense = fo.make_problem("iid", 32, 640, lam_ratio=1e-3)
-    assert auto.violator_fraction(sparse) <= auto.CD_MAX_VIOLATOR_FRACTION < auto.violator_fraction(dense)
-    assert auto.choose(sparse) == "cd"
-    assert auto.choose(dense) == "admm"
+    well_conditioned = fo.make_problem("iid", 32, 640, lam_ratio=1e-3)
+    sparse_solution = fo.make_problem("correlated", 32, 64, lam_ratio=0.1)
+    dense_solution = fo.make_problem("correlated", 32, 640, lam_ratio=1e-3)
+    assert auto.violator_fraction(sparse) <= auto.CD_MAX_VIOLATOR_FRACTION
+    for p in (well_conditioned, sparse_solution, dense_solution):
+        assert auto.violator_fraction(p) > auto.CD_MAX_VIOLATOR_FRACTION
+    assert auto.jacobi_condition(well_conditioned) <= auto.FISTA_MAX_CONDITION < auto.jacobi_condition(dense_solution)
+    assert auto.probe_density(sparse_solution) <= auto.CD_MAX_DENSITY < auto.probe_density(dense_solution)
+    assert [auto.choose(p) for p in (sparse, well_conditioned, sparse_solution, dense_solution)] == [
+        "cd", "fista", "cd", "admm"]
     assert auto.choose(sparse, dtype=torch.float32) == "fista"
     assert auto.choose(sparse, device="meta") == "fista"
-    refit = sparse.with_lam(0.0).with_mask(torch.ones(32, 640, dtype=torch.bool))
+    refit = dense_solution.with_lam(0.0).with_mask(torch.ones(32, 640, dtype=torch.bool))
     assert auto.choose(refit) == "admm"
 
 
-@pytest.mark.parametrize("kind, d_in, lam_ratio, picked", [("llm-like", 24, 0.1, "cd"), ("iid", 400, 1e-3, "admm")])
+def test_auto_probe_density_matches_the_solution_of_those_rows():
+    """The probe's density is that of a certified solve of the same sampled rows (loose tolerance)."""
+    p = fo.make_problem("correlated", 40, 64, lam_ratio=0.1, seed=2)
+    full = fo.solve(p, "cd", tol=1e-10).W
+    rows = torch.linspace(0, 39, auto.PROBE_ROWS).round().long().unique()
+    exact = float((full[rows] != 0).float().mean())
+    assert abs(auto.probe_density(p) - exact) <= 0.05
+
+
+@pytest.mark.parametrize("kind, d_in, lam_ratio, picked", [
+    ("llm-like", 24, 0.1, "cd"), ("iid", 400, 1e-3, "fista"), ("correlated", 400, 1e-3, "admm")])
 def test_auto_solves_with_its_pick(kind, d_in, lam_ratio, picked):
     p = fo.make_problem(kind, 8, d_in, lam_ratio=lam_ratio, seed=3)
     r = fo.solve(p, "auto", tol=1e-9, max_iter=20_000)
