@@ -88,15 +88,14 @@ def lam_summary(lam: Any) -> dict[str, float] | None:
 
 def _baseline(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:
     undamped = stats.to_problem(W0, 0.0)
-    target = W0
-    if method != "magnitude" and config.baseline_target == "least-squares":  # see _least_squares_target
-        target = _least_squares_target(W0, stats, undamped.with_damping(W0, config.damp))
+    target = W0 if method == "magnitude" else _baseline_target(W0, stats, undamped, config)  # magnitude: data-free
     W = BASELINE_PRUNERS[method](target, stats, config.pattern_spec, config.damp)
     return PrunedWeight(W, float(undamped.relative_error(W)))
 
 
-def _least_squares_target(W0: torch.Tensor, stats: LayerStatsAccumulator, problem: Any) -> torch.Tensor:
-    """``baseline_target="least-squares"``: with error correction, ``W̃ = G H⁻¹`` instead of ``W₀``.
+def _baseline_target(W0: torch.Tensor, stats: LayerStatsAccumulator, undamped: Any, config: PruneConfig) -> torch.Tensor:
+    """The dense weight Wanda and SparseGPT prune: ``W₀``, or ``W̃ = G H⁻¹`` (damped) under
+    ``baseline_target="least-squares"`` with error correction.
 
     With ``X* ≠ X`` the layer loss is ``‖X*Wᵀ − XW₀ᵀ‖² = ‖X*(W − W̃)ᵀ‖² + const`` for the
     least-squares ``W̃`` of the (damped) problem, and SparseGPT's and Wanda's criteria
@@ -105,10 +104,10 @@ def _least_squares_target(W0: torch.Tensor, stats: LayerStatsAccumulator, proble
     model mean 0.02161 → 0.02122) but WikiText-2 perplexity rose 55.31 → 57.56 (one
     calibration seed): ``W̃`` fits the calibration set, ``W₀`` generalises; hence not the default.
     """
-    if not stats.error_corrected:
+    if config.baseline_target != "least-squares" or not stats.error_corrected:
         return W0
     try:
-        return problem.least_squares().to(W0.dtype)
+        return undamped.with_damping(W0, config.damp).least_squares().to(W0.dtype)
     except ValueError:
         logger.warning("no least-squares target (H not positive definite): warm start from W0")
         return W0
@@ -120,8 +119,8 @@ def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config:
     problem = undamped.with_damping(W0, config.damp)
     warm = None
     if config.warm_start != "none":
-        target = _least_squares_target(W0, stats, problem) if config.baseline_target == "least-squares" else W0
-        warm = BASELINE_PRUNERS[config.warm_start](target, stats, pattern, config.damp)
+        warm = BASELINE_PRUNERS[config.warm_start](_baseline_target(W0, stats, undamped, config), stats, pattern,
+                                                   config.damp)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
     return PrunedWeight(
         res.W, float(undamped.relative_error(res.W)),  # undamped, as for the baselines
