@@ -93,7 +93,9 @@ def _baseline(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, confi
     return PrunedWeight(W, float(undamped.relative_error(W)))
 
 
-def _baseline_target(W0: torch.Tensor, stats: LayerStatsAccumulator, undamped: Any, config: PruneConfig) -> torch.Tensor:
+def _baseline_target(
+    W0: torch.Tensor, stats: LayerStatsAccumulator, undamped: Any, config: PruneConfig
+) -> torch.Tensor:
     """The dense weight Wanda and SparseGPT prune: ``W₀``, or ``W̃ = G H⁻¹`` (damped) under
     ``baseline_target="least-squares"`` with error correction.
 
