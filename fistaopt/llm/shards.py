@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,56 @@ def weight_map(folder: Path) -> dict[str, str]:
 
     with safe_open(str(folder / SINGLE_FILE), framework="pt", device="cpu") as f:
         return {name: SINGLE_FILE for name in f.keys()}
+
+
+#: safetensors' names of the floating dtypes fistaopt reads and writes.
+SAFETENSORS_FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The floating dtype of a safetensors folder's weights: the one most of its elements are stored in.
+
+    Read from the shards' headers (no tensor is loaded).  Raises ``ValueError`` (one line)
+    for a dtype outside float64/32, bfloat16, float16 (e.g. float8).
+    """
+    from safetensors import safe_open
+
+    files = weight_map(folder)
+    counts: dict[str, int] = {}
+    for file in sorted(set(files.values())):
+        with safe_open(str(folder / file), framework="pt", device="cpu") as f:
+            for name in (n for n in f.keys() if files.get(n) == file):
+                part = f.get_slice(name)
+                kind = part.get_dtype()
+                if kind.startswith(("F", "BF")):
+                    counts[kind] = counts.get(kind, 0) + math.prod(part.get_shape())
+    if not counts:
+        raise ValueError(f"{folder}: the safetensors weights hold no floating-point tensor")
+    kind = max(sorted(counts), key=counts.__getitem__)
+    if kind not in SAFETENSORS_FLOAT_DTYPES:
+        raise ValueError(f"{folder}: weights stored as {kind} cannot be written back as such; "
+                         f"choose a save dtype (float32, bfloat16 or float16)")
+    return SAFETENSORS_FLOAT_DTYPES[kind]
+
+
+def source_dtype(source: str | os.PathLike[str] | None) -> torch.dtype:
+    """The floating dtype a model source stores its weights in (what ``save_dtype="source"`` writes).
+
+    A safetensors folder: :func:`stored_dtype`; a GGUF file: float32 (its cached conversion's);
+    a folder with other weight files: its config's ``dtype``, float32 when it names none.
+    """
+    try:
+        folder = safetensors_folder(source)
+    except ValueError:  # no safetensors weights (check_safetensors)
+        folder = None
+    if folder is not None:
+        return stored_dtype(folder)
+    from transformers import AutoConfig
+
+    named = getattr(AutoConfig.from_pretrained(source), "dtype", None)
+    if isinstance(named, str):
+        named = getattr(torch, named, None)
+    return named if named in SAFETENSORS_FLOAT_DTYPES.values() else torch.float32
 
 
 def set_tensor(root: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -180,4 +231,5 @@ class ShardedModel:
                     len(set(self.files.values())))
 
 
-__all__ = ["ShardedModel", "safetensors_folder", "check_safetensors", "weight_map", "set_tensor", "build_skeleton", "SUPPORTED"]
+__all__ = ["ShardedModel", "safetensors_folder", "check_safetensors", "weight_map", "stored_dtype",
+           "source_dtype", "set_tensor", "build_skeleton", "SUPPORTED"]
