@@ -161,6 +161,22 @@ class Communicator:
         self._timed("objects", 0, lambda: dist.all_gather_object(out, obj))
         return out
 
+    def settle(self, failure: BaseException | None) -> None:
+        """End a stretch of work that rank 0 does alone (writing the output): every rank learns its outcome.
+
+        Every rank calls it once rank 0's stretch is over, rank 0 with its exception
+        (``None``: success), the others with ``None``.  A barrier: no rank returns before
+        rank 0 has called it.  On the other ranks it raises ``RuntimeError`` when rank 0
+        failed, so they stop with an error instead of reporting success or waiting.
+        Rank 0 must not call it when it failed before the stretch (the others are then in
+        another collective): they fail there, by the timeout or when :func:`launch` stops them.
+        """
+        if not self.distributed:
+            return
+        outcomes = self.gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if not self.is_main and outcomes[0] is not None:
+            raise RuntimeError(f"rank 0 failed while writing the output: {outcomes[0]}")
+
     # ------------------------------------------------------------------ checkpoints
     def gather_stream(self, state: dict[str, list[torch.Tensor]], n_batches: int) -> dict[str, list[torch.Tensor]] | None:
         """The stream state of all ``n_batches`` batches in batch order on rank 0 (None elsewhere).
@@ -197,6 +213,34 @@ class Communicator:
 
 
 SINGLE = Communicator()
+
+
+class MainWrites:
+    """The end of a run that rank 0 finishes alone (writing the output), closed by :meth:`Communicator.settle`.
+
+        with MainWrites(comm) as writes:
+            report = run_block_loop(...)   # collectives on every rank
+            writes.begin()                 # from here on rank 0 works alone
+            if comm.is_main:
+                ...                        # write, commit
+
+    Leaving the ``with`` settles on every rank (a barrier; rank 0 shares its exception,
+    the others then raise), except after an exception raised before :meth:`begin`:
+    the other ranks are in another collective then and fail there.
+    """
+
+    def __init__(self, comm: Communicator) -> None:
+        self.comm, self.begun = comm, False
+
+    def begin(self) -> None:
+        self.begun = True
+
+    def __enter__(self) -> "MainWrites":
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        if error is None or (self.begun and isinstance(error, Exception)):
+            self.comm.settle(error)
 
 
 def peak_host_bytes() -> int:
