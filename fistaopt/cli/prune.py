@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ EPILOG = """examples:
   fistaopt prune MODEL_FOLDER --pattern 2:4 --method sparsegpt --out out/sgpt-24
   fistaopt prune model.gguf --method fista --warm-start sparsegpt --nsamples 32 --out out/fista
   fistaopt prune BIG_MODEL_FOLDER --low-memory --checkpoint-dir ckpt --out out/big-50
+  fistaopt prune BIG_MODEL_FOLDER --low-memory --nproc 2 --save-dtype float32 --out out/big-50-fp32
 """
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from fistaopt.llm.config import ALLOCATIONS, WARM_STARTS, PruneConfig
+    from fistaopt.llm.loading import SAVE_DTYPES
     from fistaopt.llm.methods import available_methods
     from fistaopt.llm.streams import BLOCK_INPUT_MODES
 
@@ -80,7 +83,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "blocks = whole blocks per rank (--block-inputs dense only, no checkpoints)")
     p.add_argument("--low-memory", action="store_true",
                    help="never hold the whole model: read each decoder block from the safetensors shards when its "
-                        "turn comes and write it to --out as its own shard (one process; no --tasks)")
+                        "turn comes and write it to --out as its own shard (any number of ranks; no --tasks)")
+    p.add_argument("--save-dtype", choices=("source", *SAVE_DTYPES), default="source",
+                   help="dtype of the written weights: source = the one the model's weights are stored in "
+                        "(pruning computes in float32)")
     p.add_argument("--dist-timeout", type=positive_int, default=1800,
                    help="seconds a rank waits for the others in a collective before the run fails")
     p.set_defaults(func=run)
@@ -97,6 +103,7 @@ class PrunePlan:
     eval_text: Path | None
     eval_seqlen: int
     out: Path
+    save_dtype: Any  # torch.dtype
 
 
 def plan(args: argparse.Namespace) -> PrunePlan:
@@ -116,7 +123,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
         raise UsageError(f"--eval-tokens ({args.eval_tokens}) must be 0 or at least the evaluation seqlen ({eval_seqlen})")
     world = int(os.environ.get("WORLD_SIZE", "1")) if args.nproc == 1 else args.nproc
     if args.low_memory:
-        _check_low_memory(args, world)
+        _check_low_memory(args)
     if args.parallel == "blocks":
         from fistaopt.llm.parallel_blocks import check_parallel_blocks
 
@@ -147,13 +154,22 @@ def plan(args: argparse.Namespace) -> PrunePlan:
             config.check_blocks(shape.n_blocks)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return PrunePlan(config, source, calib, eval_text, eval_seqlen, out)
+    return PrunePlan(config, source, calib, eval_text, eval_seqlen, out, _save_dtype(args.save_dtype, source))
 
 
-def _check_low_memory(args: argparse.Namespace, world: int) -> None:
-    """Refuse what ``--low-memory`` does not do (yet): several ranks, parallel blocks, zero-shot tasks."""
-    if world > 1:
-        raise UsageError("--low-memory runs in one process; drop --nproc / torchrun")
+def _save_dtype(name: str, source: Path | str) -> Any:
+    """The torch dtype ``--save-dtype name`` means for ``source`` (its stored dtype for ``source``)."""
+    from fistaopt.llm.loading import resolve_save_dtype
+    from fistaopt.llm.shards import source_dtype
+
+    try:
+        return resolve_save_dtype(name, lambda: source_dtype(source))
+    except ValueError as e:
+        raise UsageError(f"--save-dtype: {str(e).splitlines()[0]}") from None
+
+
+def _check_low_memory(args: argparse.Namespace) -> None:
+    """Refuse what ``--low-memory`` does not do (yet): parallel blocks, zero-shot tasks."""
     if args.parallel == "blocks":
         raise UsageError("--low-memory holds one block at a time; --parallel blocks needs them all")
     if args.tasks:
@@ -171,13 +187,22 @@ def _calibration(tokenizer: Any, plan_: PrunePlan, args: argparse.Namespace) -> 
 
 
 def write_output(out: Path, model: Any, tokenizer: Any, report: Any, *, overwrite: bool,
-                 source: Path | str | None = None, base_model: str | None = None) -> Path:
+                 source: Path | str | None = None, base_model: str | None = None, save_dtype: Any = None) -> Path:
     """The output folder, atomically: the pruned model (safetensors), its tokenizer, ``report.json``,
-    the prune-report figure and the model card ``README.md``."""
+    the prune-report figure and the model card ``README.md``.
+
+    ``save_dtype`` (a torch dtype; ``None``: the model's) is the dtype the weights are written in,
+    recorded in the report's totals with the kept weights it rounds to zero
+    (:func:`fistaopt.llm.loading.saved_in`); the model itself is not changed.
+    """
     from fistaopt import _io
+    from fistaopt.llm.loading import dtype_name, saved_in
 
     with _io.atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
+        with saved_in(model, save_dtype) as cast:
+            model.save_pretrained(tmp)
+        report.totals.update(save_dtype=dtype_name(model.dtype if save_dtype is None else save_dtype),
+                             written_rounded_to_zero=cast["rounded_to_zero"])
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _write_report(tmp, report, out, source, base_model)
@@ -226,8 +251,8 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
 
     p = plan(args)
     if args.low_memory:
-        return run_low_memory(args, p)
-    set_threads(args.threads or (max(1, (os.cpu_count() or 1) // comm.world_size) if comm.distributed else None))
+        return run_low_memory(comm, args, p)
+    _set_rank_threads(comm, args)
     torch.manual_seed(args.seed)
     device = rank_device(args.device, comm)
     model, tokenizer = load_model(p.source, progress=not args.no_progress and comm.is_main)
@@ -257,11 +282,16 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
     _describe(report, p, args, bos_id, before, after)
     report.extra.update(zero_shot_before=zero_shot_before, zero_shot_after=zero_shot_after)
     out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite, source=p.source,
-                       base_model=_base_model(args))
+                       base_model=_base_model(args), save_dtype=p.save_dtype)
     rows = _summary(p, report, before, after, out)
     print(table(rows[:-1] + zero_shot_rows(zero_shot_before, " before") + zero_shot_rows(zero_shot_after, " after")
                 + rows[-1:]))
     return 0
+
+
+def _set_rank_threads(comm: Any, args: argparse.Namespace) -> None:
+    """``--threads``, else with several ranks on one machine an equal share of its cores each."""
+    set_threads(args.threads or (max(1, (os.cpu_count() or 1) // comm.world_size) if comm.distributed else None))
 
 
 def _base_model(args: argparse.Namespace) -> str | None:
@@ -281,19 +311,26 @@ def _describe(report: Any, p: PrunePlan, args: argparse.Namespace, bos_id: int |
     )
 
 
-def run_low_memory(args: argparse.Namespace, p: PrunePlan) -> int:
+def run_low_memory(comm: Any, args: argparse.Namespace, p: PrunePlan) -> int:
     """``fistaopt prune --low-memory``: blocks read from the safetensors shards in turn and written to the
-    output folder as they are finished (:mod:`fistaopt.llm.low_memory`); perplexities streamed block by block."""
+    output folder as they are finished (:mod:`fistaopt.llm.low_memory`); perplexities streamed block by block.
+
+    With several ranks every rank reads the blocks and prunes (data-parallel capture, sharded
+    solves); rank 0 alone measures the perplexities (before, and after the prune on the
+    written folder: the others wait for it) and writes the folder.  Every rank returns
+    once rank 0 has published it, and fails when rank 0 failed to.
+    """
     import torch
     from transformers import AutoTokenizer
 
     from fistaopt import _io
-    from fistaopt.llm.distributed import peak_host_bytes
+    from fistaopt.llm.distributed import MainWrites, peak_host_bytes, rank_device
     from fistaopt.llm.low_memory import prune_into
     from fistaopt.llm.shards import ShardedModel, safetensors_folder
 
-    set_threads(args.threads)
+    _set_rank_threads(comm, args)
     torch.manual_seed(args.seed)
+    device = rank_device(args.device, comm)
     try:
         folder = safetensors_folder(p.source)
         sharded = ShardedModel(folder)
@@ -302,26 +339,31 @@ def run_low_memory(args: argparse.Namespace, p: PrunePlan) -> int:
         raise UsageError(f"cannot open model {str(p.source)!r}: {str(e).splitlines()[0]}") from None
     bos_id = resolve_bos(tokenizer, args.bos)
     calib = _calibration(tokenizer, p, args)
-    eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens else None
-    progress = not args.no_progress
-    before = _streamed_measure(sharded, eval_ids, p, args, bos_id)
-    with _io.atomic_dir(p.out, overwrite=args.overwrite) as tmp:
-        try:
-            report = prune_into(sharded, calib, tmp, p.config, tokenizer=tokenizer, device=args.device,
-                                checkpoint_dir=args.checkpoint_dir, progress=progress)
-        except ValueError as e:  # settings this model cannot take, found only with its weights
-            raise UsageError(str(e)) from None
-        del sharded  # the source's non-block weights go before the output's are read
-        after = _streamed_measure(ShardedModel(tmp), eval_ids, p, args, bos_id)
-        report.totals["peak_host_bytes"] = peak_host_bytes()  # including the evaluation after pruning
-        _describe(report, p, args, bos_id, before, after)
-        _write_report(tmp, report, p.out, p.source, _base_model(args))
-    print(table(_summary(p, report, before, after, p.out)))
+    eval_ids = evaluation_tokens(tokenizer, p.eval_text) if args.eval_tokens and comm.is_main else None
+    before = _streamed_measure(sharded, eval_ids, p, args, bos_id, device)
+    after = None
+    with MainWrites(comm) as writes:
+        with _io.atomic_dir(p.out, overwrite=args.overwrite) if comm.is_main else nullcontext(None) as tmp:
+            try:
+                report = prune_into(sharded, calib, tmp, p.config, tokenizer=tokenizer, device=device,
+                                    checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress, comm=comm,
+                                    save_dtype=p.save_dtype)
+            except ValueError as e:  # settings this model cannot take, found only with its weights
+                raise UsageError(str(e)) from None
+            writes.begin()
+            del sharded  # the source's non-block weights go before the output's are read
+            if tmp is not None:  # rank 0
+                after = _streamed_measure(ShardedModel(tmp), eval_ids, p, args, bos_id, device)
+                report.totals["peak_host_bytes"] = peak_host_bytes()  # including the evaluation after pruning
+                _describe(report, p, args, bos_id, before, after)
+                _write_report(tmp, report, p.out, p.source, _base_model(args))
+    if comm.is_main:
+        print(table(_summary(p, report, before, after, p.out)))
     return 0
 
 
 def _streamed_measure(sharded: Any, tokens: Any, p: PrunePlan, args: argparse.Namespace,
-                      bos_id: int | None) -> dict[str, Any] | None:
+                      bos_id: int | None, device: Any) -> dict[str, Any] | None:
     """Perplexity (with seconds) streamed through the blocks, as a plain dict (None without evaluation)."""
     import time
 
@@ -332,7 +374,7 @@ def _streamed_measure(sharded: Any, tokens: Any, p: PrunePlan, args: argparse.Na
     t0 = time.perf_counter()
     try:
         res = streamed_perplexity(sharded, tokens, seqlen=p.eval_seqlen, max_tokens=args.eval_tokens,
-                                  device=args.device, progress=not args.no_progress, bos_token_id=bos_id)
+                                  device=device, progress=not args.no_progress, bos_token_id=bos_id)
     except ValueError as e:  # e.g. a text shorter than one window
         raise UsageError(f"evaluation: {e}") from None
     return {**res.to_dict(), "bos_token_id": bos_id, "seconds": time.perf_counter() - t0}
