@@ -174,13 +174,26 @@ def _run_and_reap(cmd: list[str], timeout: float) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def run_cli_three_ways(args: list[str], tmp_path: Path) -> None:
+    """``fistaopt *args`` in this process, with ``--nproc 2`` and under torchrun with 2 ranks:
+    the outputs ``tmp_path/one``, ``nproc`` and ``torchrun``."""
+    import sys
+
+    from fistaopt.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--nproc", "2", "--out", str(tmp_path / "nproc")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "fistaopt.cli", *args, "--out", str(tmp_path / "torchrun")]
+    rc, err = _run_and_reap(torchrun, timeout=300)
+    assert rc == 0, err[-3000:]
+
+
 def test_cli_nproc_and_torchrun_prune_as_one_process(tmp_path):
     import json
-    import sys
 
     from safetensors.torch import load_file
 
-    from fistaopt.cli import main
     from llm_fixtures import char_tokenizer, write_text
 
     folder = tmp_path / "llama"
@@ -188,12 +201,7 @@ def test_cli_nproc_and_torchrun_prune_as_one_process(tmp_path):
     char_tokenizer().save_pretrained(folder)
     args = ["prune", str(folder), "--method", "wanda", "--nsamples", "4", "--batch-size", "2", "--seqlen", "16",
             "--calib", str(write_text(tmp_path / "calib.txt")), "--eval-tokens", "0", "--no-progress", "--threads", "1"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    assert main([*args, "--nproc", "2", "--out", str(tmp_path / "nproc")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "fistaopt.cli", *args, "--out", str(tmp_path / "torchrun")]
-    rc, err = _run_and_reap(torchrun, timeout=300)
-    assert rc == 0, err[-3000:]
+    run_cli_three_ways(args, tmp_path)
     want = load_file(tmp_path / "one" / "model.safetensors")
     for name in ("nproc", "torchrun"):
         assert _weights_agree(load_file(tmp_path / name / "model.safetensors"), want) == 0.0, name

@@ -57,6 +57,7 @@ def _one_line_error(capsys, rc, pattern):
         (["prune", "--out", "x", "--pattern", "2:4", "--sparsity", "0.6"], "implies sparsity 0.5"),
         (["prune", "--out", "x", "--pattern", "3:2"], "3:2"),
         (["prune", "--out", "x", "--warm-start", "obs"], "invalid choice"),
+        (["prune", "--out", "x", "--save-dtype", "int8"], "argument --save-dtype: invalid choice: 'int8'"),
         (["prune", "--out", "x", "--blocks", "a-b"], "expected block indices"),
         (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "no such model folder or file: /no/such/model"),
         (["prune", "no-such-hub-id", "--out", "x", "--eval-tokens", "0"], "hub id needs network access"),
