@@ -23,7 +23,7 @@ from fistaopt.cli import main
 from fistaopt.llm import prune_from_pretrained, save_pruned
 from fistaopt.llm.distributed import Communicator, launch
 from fistaopt.llm.loading import cast_for_saving
-from fistaopt.llm.shards import stored_dtype, weight_map
+from fistaopt.llm.shards import source_dtype, stored_dtype, weight_map
 from llm_fixtures import calib, char_tokenizer, tiny_model, write_text
 from test_distributed import WEIGHT_RTOL, _weights_agree, run_cli_three_ways
 from test_low_memory import N_BLOCKS, _tiny
@@ -208,6 +208,17 @@ def test_the_cast_keeps_zeros_counts_kept_weights_that_round_to_zero_and_refuses
     assert cast_for_saving(torch.arange(3), torch.float16, "ids")[0].dtype == torch.int64  # integers as they are
     with pytest.raises(ValueError, match="layers.0.mlp.up_proj.weight has values beyond the range of float16"):
         cast_for_saving(torch.tensor([1e6]), torch.float16, "layers.0.mlp.up_proj.weight")
+
+
+def test_the_source_dtype_of_a_folder_without_safetensors_is_its_configs(saved_bf16, tmp_path):
+    config = json.loads((saved_bf16 / "config.json").read_text())
+    for named, want in (("bfloat16", torch.bfloat16), (None, torch.float32)):
+        folder = tmp_path / str(named)
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({**config, "dtype": named}))
+        (folder / "pytorch_model.bin").write_bytes(b"")
+        assert source_dtype(folder) == want
+    assert source_dtype(saved_bf16) == torch.bfloat16 and source_dtype(tmp_path / "x.gguf") == torch.float32
 
 
 def test_save_pruned_writes_the_asked_dtype_and_leaves_the_model_as_it_was(tmp_path):

@@ -111,9 +111,12 @@ def stored_dtype(folder: Path) -> torch.dtype:
 def source_dtype(source: str | os.PathLike[str] | None) -> torch.dtype:
     """The floating dtype a model source stores its weights in (what ``save_dtype="source"`` writes).
 
-    A safetensors folder: :func:`stored_dtype`; a GGUF file: float32 (its cached conversion's);
-    a folder with other weight files: its config's ``dtype``, float32 when it names none.
+    A safetensors folder: :func:`stored_dtype`; a GGUF file (``None``: the default one):
+    float32, the dtype of its conversion (not run here); a folder with other weight files:
+    its config's ``dtype``, float32 when it names none.
     """
+    if source is None or str(source).lower().endswith(".gguf"):
+        return torch.float32
     try:
         folder = safetensors_folder(source)
     except ValueError:  # no safetensors weights (check_safetensors)
