@@ -88,7 +88,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="dtype of the written weights: source = the one the model's weights are stored in "
                         "(pruning computes in float32)")
     p.add_argument("--dist-timeout", type=positive_int, default=1800,
-                   help="seconds a rank waits for the others in a collective before the run fails")
+                   help="seconds a rank waits for the others in a collective before the run fails; it must cover "
+                        "rank 0's perplexity measurements, which the other ranks wait for")
     p.set_defaults(func=run)
     return p
 
