@@ -18,10 +18,13 @@ import pytest
 import torch
 
 from fistaopt.cli import main
-from fistaopt.llm import prune, prune_from_pretrained
-from fistaopt.llm.allocation import uniform_count
+from fistaopt.llm import PruneConfig, prune, prune_from_pretrained
+from fistaopt.llm.allocation import plan_allocation, uniform_count
+from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.distributed import Communicator, launch
+from fistaopt.llm.low_memory import ShardWriter, ShardedBlocks
 from fistaopt.llm.model import find_blocks
+from fistaopt.llm.shards import ShardedModel
 from llm_fixtures import calib, char_tokenizer, tiny_model, write_text
 from test_distributed import WEIGHT_RTOL, _weights_agree
 
@@ -40,6 +43,7 @@ COMMON = dict(sparsity=0.6, max_deviation=0.1, stats_dtype="float64", batch_size
 #: counts with float64 statistics, λ within 3e-8 and identical counts with float32 statistics.
 CONVEX_LAM_RTOL = 1e-6
 CONVEX_ROW_SLACK = 1
+SHARDED_SETTINGS = dict(allocation="owl", method="wanda", sparsity=0.6, max_deviation=0.1, batch_size=2)
 
 
 def _pruned(arch: str, comm: Communicator | None = None, **kwargs):
@@ -107,7 +111,7 @@ def test_low_memory_allocation_equals_in_memory(arch, rule, tmp_path, one_thread
     folder = tmp_path / "model"
     tiny_model(arch, scale=3.0).save_pretrained(folder, max_shard_size="20KB")  # several shards
     char_tokenizer().save_pretrained(folder)
-    settings = dict(allocation=rule, method="wanda", sparsity=0.6, max_deviation=0.1, batch_size=2, progress=False)
+    settings = dict(SHARDED_SETTINGS, allocation=rule, progress=False)
     reference = _load(folder)  # as the shards' skeleton is built (its attention implementation)
     want = prune(reference, calib(8, 16), **settings).to_dict()
     report = prune_from_pretrained(folder, calib(8, 16), tmp_path / "out", **settings).to_dict()
@@ -117,6 +121,34 @@ def test_low_memory_allocation_equals_in_memory(arch, rule, tmp_path, one_thread
     assert [k for k, w in reference.state_dict().items() if not torch.equal(pruned[k], w)] == []
     one_block = sum(p.numel() for p in find_blocks(reference)[1][0].parameters())
     assert report["totals"]["peak_resident_block_params"] == one_block  # the pre-pass too: one block at a time
+
+
+def _allocate_from_shards(comm: Communicator, folder: str, out: str) -> None:
+    """This rank's allocation of the sharded model: its calibration share, one block resident at a time."""
+    torch.set_num_threads(1)
+    sharded = ShardedModel(folder)
+    config = PruneConfig(**SHARDED_SETTINGS).for_model(sharded.model.config.model_type)
+    batches = calibration_batches(calib(8, 16), config.batch_size, sharded.model)
+    inputs = capture_block_inputs(sharded.model, comm.local_batches(batches))
+    residency = ShardedBlocks(sharded, ShardWriter(out, len(sharded.blocks)))  # the writer is never used here
+    alloc = plan_allocation(sharded.blocks, inputs, [0, 1], config, torch.device("cpu"), comm=comm, residency=residency)
+    torch.save({"allocation": alloc.to_dict(), "peak": sharded.peak_resident_block_params,
+                "resident": sharded.resident_block_params()}, Path(out) / f"rank{comm.rank}.pt")
+
+
+def test_two_ranks_allocate_from_shards_as_one_process(tmp_path, one_thread):
+    """What low-memory mode with several ranks runs first: the pre-pass from the shards, statistics summed."""
+    folder = tmp_path / "model"
+    tiny_model("llama", scale=3.0).save_pretrained(folder, max_shard_size="20KB")
+    launch(_allocate_from_shards, 2, (str(folder), str(tmp_path)), timeout_s=300)
+    reference = _load(folder)
+    want = prune(reference, calib(8, 16), **SHARDED_SETTINGS, progress=False).to_dict()["allocation"]
+    one_block = sum(p.numel() for p in find_blocks(reference)[1][0].parameters())
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert _counts(got["allocation"]) == _counts(want) and got["allocation"]["rule"] == "owl"
+        assert got["allocation"]["outlier_ratios"] == want["outlier_ratios"]
+        assert got["peak"] == one_block and got["resident"] == 0
 
 
 def test_cli_owl_with_two_ranks_equals_one_process(tmp_path, one_thread):
