@@ -12,8 +12,7 @@ import torch
 from fistaopt.cli import main
 from fistaopt.llm import PruneConfig, prune
 from fistaopt.llm.allocation import (
-    convex_sparsities, exact_counts, nonzero_curve, outlier_ratio, owl_block_sparsities, plan_allocation,
-    uniform_count,
+    convex_sparsities, exact_counts, nonzero_curve, outlier_ratio, owl_block_sparsities, uniform_count,
 )
 from fistaopt.llm.model import find_blocks, linear_modules
 from llm_fixtures import calib, char_tokenizer, tiny_model, write_text
@@ -142,11 +141,6 @@ def test_bad_allocation_settings_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as e:
         PruneConfig(**kwargs)
     assert "\n" not in str(e.value)
-
-
-def test_allocation_needs_one_process_with_the_whole_model():
-    with pytest.raises(ValueError, match="needs the whole model in one process"):
-        plan_allocation(None, None, [0], PruneConfig(allocation="owl"), torch.device("cpu"), distributed=True)
 
 
 def test_cli_allocation_flag_report_and_plot(tmp_path, capsys):

@@ -36,7 +36,23 @@ so the allocation follows the ℓ1 path's ranking of the operators, not its exac
 Both rules read the DENSE model: one forward of the calibration through the dense
 blocks, block by block (:func:`dense_pass`), keeping per block only what the rule needs
 (the column energies for OWL, ``H`` of one block for the convex rule, dropped after the
-block's operators are summarised).
+block's operators are summarised).  In low-memory mode the pass asks the block residency
+for each block in turn (``load(i)``, forward, ``unload(i)``), so one block is resident
+at a time, as in the prune loop.
+
+With several ranks (:mod:`fistaopt.llm.distributed`, row shares) the pass is
+data-parallel: every rank forwards its own calibration batches, and the statistics are
+summed over the ranks before they are read — OWL's squared column sums ``Σ_t X_tj²``
+(the norms ``‖X_j‖`` are their roots, taken after the sum), the convex rule's ``H``
+(as the prune sums it).  The convex rule's non-zero curves, the costly part, are
+computed by one rank each (operator ``k`` by rank ``k mod world_size``) and gathered.
+Rank 0's per-operator figures are then shared, and every rank rounds them to the same
+integer counts: the ranks agree bit for bit whether or not the backend's sums are
+bit-identical on every rank.  Against one process, the sums only add the same terms in
+another order: OWL's counts are the same (unless a Wanda score lies within rounding of
+the outlier threshold); the convex rule's ``ν_o(λ)`` may move by an entry that sits at
+the ℓ1 threshold, hence ``λ`` slightly and a count by a weight per row (measured on the
+tiny models of ``tests/test_allocation_ranks.py``: the same counts).
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,10 +68,14 @@ from torch import nn
 
 from fistaopt.layer.lam import l1_solver
 from fistaopt.llm.capture import BlockInputs, run_block, to_device
+from fistaopt.llm.distributed import SINGLE, Communicator
 from fistaopt.llm.model import Operator, block_operators
 from fistaopt.llm.streams import skip_tokens
 from fistaopt.problems import LayerStatsAccumulator
 from fistaopt.problems.lasso import LassoProblem
+
+if TYPE_CHECKING:
+    from fistaopt.llm.prune import BlockResidency
 
 logger = logging.getLogger(__name__)
 
@@ -271,15 +291,20 @@ class ColumnEnergy:
 
 @torch.no_grad()
 def dense_pass(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[int], device: torch.device,
-               skip: int, make_acc: Callable[[int], Any]) -> Iterator[tuple[int, list[tuple[Operator, Any]]]]:
+               skip: int, make_acc: Callable[[int], Any],
+               residency: BlockResidency | None = None) -> Iterator[tuple[int, list[tuple[Operator, Any]]]]:
     """Run the calibration through the dense blocks ``0 … max(selected)``, in turn.
 
     Yields, for each selected block, ``(index, [(operator, acc)])`` where ``acc`` (from
     ``make_acc(d_in)``, shared by the operators of one input group) holds that group's
-    input statistics.  The block is on ``device`` while the caller reads it.
+    input statistics.  The block is on ``device`` while the caller reads it.  With a
+    ``residency`` (low-memory mode) block ``i`` is ``load``-ed before its forward and
+    ``unload``-ed after it: one block resident at a time.
     """
     hidden = list(inputs.hidden)
     for i in range(max(selected) + 1):
+        if residency is not None:
+            residency.load(i)
         block, calls = blocks[i], [c[i] for c in inputs.calls]
         home = next(block.parameters()).device
         block.to(device)
@@ -304,22 +329,30 @@ def dense_pass(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[in
                 yield i, ops
         finally:
             block.to(home)
+            if residency is not None:
+                residency.unload(i)
 
 
 def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[int], config: Any,
-                    device: torch.device, *, whole_model: bool = True, distributed: bool = False) -> Allocation | None:
-    """The allocation ``config.allocation`` asks for over the ``selected`` blocks (None for uniform)."""
+                    device: torch.device, *, comm: Communicator = SINGLE,
+                    residency: BlockResidency | None = None) -> Allocation | None:
+    """The allocation ``config.allocation`` asks for over the ``selected`` blocks (None for uniform).
+
+    ``inputs`` holds this rank's calibration batches; ``comm`` the ranks whose batches make
+    up the calibration (their statistics are summed; :data:`SINGLE` when ``inputs`` holds
+    all of them).  ``residency``: where the blocks live when they are not in ``blocks``
+    (low-memory mode; see :func:`dense_pass`).  Every rank returns the same allocation.
+    """
     rule = config.allocation
     if rule == "uniform":
         return None
-    if distributed or not whole_model:
-        raise ValueError(f"allocation={rule!r} needs the whole model in one process (no ranks, no low-memory mode)")
     dtype = config.torch_stats_dtype
     slots: list[Slot] = []
     if rule == "owl":
         ratios = []
         for i, ops in dense_pass(blocks, inputs, selected, device, config.skip_tokens,
-                                 lambda d: ColumnEnergy(d, dtype=dtype, device=device)):
+                                 lambda d: ColumnEnergy(d, dtype=dtype, device=device), residency):
+            comm.sum_over_ranks([acc.sq for acc in _accumulators(ops)])
             slots += [Slot(i, op.name, op.d_out, op.d_in) for op, _ in ops]
             ratios.append(outlier_ratio([op.get_weight().to(device) for op, _ in ops],
                                         [acc.column_norms() for _, acc in ops], config.owl_threshold))
@@ -329,16 +362,28 @@ def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequen
         info: dict[str, Any] = {"owl_threshold": config.owl_threshold,
                                 "outlier_ratios": {str(i): r for i, r in zip(selected, ratios)}}
     else:
-        curves = []
+        mine: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # this rank's share of the curves, by slot
         for i, ops in dense_pass(blocks, inputs, selected, device, config.skip_tokens,
-                                 lambda d: LayerStatsAccumulator(d, dtype=dtype, device=device)):
+                                 lambda d: LayerStatsAccumulator(d, dtype=dtype, device=device), residency):
+            for acc in _accumulators(ops):
+                comm.reduce_statistics(acc)
             for op, acc in ops:
+                if len(slots) % comm.world_size == comm.rank:
+                    H = (acc.H / max(acc.n_tokens, 1)).to(torch.float32)
+                    mine[len(slots)] = nonzero_curve(op.get_weight().to(device), H, config.damp)
                 slots.append(Slot(i, op.name, op.d_out, op.d_in))
-                H = (acc.H / max(acc.n_tokens, 1)).to(torch.float32)
-                curves.append(nonzero_curve(op.get_weight().to(device), H, config.damp))
-        lam, desired = convex_sparsities(curves, [s.size for s in slots], config.sparsity, config.max_deviation)
+        curves = {k: c for part in comm.gather_objects(mine) for k, c in part.items()}
+        lam, desired = convex_sparsities([curves[k] for k in range(len(slots))], [s.size for s in slots],
+                                         config.sparsity, config.max_deviation)
         info = {"lam": lam}
+    if comm.distributed:  # rank 0's figures, so that every rank rounds the same numbers
+        desired, info = comm.gather_objects((desired, info))[0]
     return _exact(rule, config, slots, desired, info)
+
+
+def _accumulators(ops: Sequence[tuple[Operator, Any]]) -> list[Any]:
+    """The distinct statistics of a block's operators (one per input group), in order."""
+    return list({id(acc): acc for _, acc in ops}.values())
 
 
 def _exact(rule: str, config: Any, slots: list[Slot], desired: list[float], info: dict[str, Any]) -> Allocation:

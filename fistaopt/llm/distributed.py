@@ -130,17 +130,22 @@ class Communicator:
         """Sum ``H`` (and ``C``, ``D`` with error correction) and the token count over the ranks, in place."""
         if not self.distributed:
             return
-        parts = [acc.H] + [t for t in (acc.C, acc.D) if t is not None]
-        flat = torch.cat([t.reshape(-1) for t in parts]).to(self.device)
+        self.sum_over_ranks([acc.H] + [t for t in (acc.C, acc.D) if t is not None])
         count = torch.tensor([float(acc.n_tokens)], dtype=torch.float64, device=self.device)
-        self._timed("all_reduce", flat.numel() * flat.element_size(), lambda: dist.all_reduce(flat))
         dist.all_reduce(count)
-        flat = flat.to(acc.H.device)
+        acc.n_tokens = int(count.item())
+
+    def sum_over_ranks(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Replace each of ``tensors`` (one dtype) by its sum over the ranks, in place (one all-reduce)."""
+        if not self.distributed or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors]).to(self.device)
+        self._timed("all_reduce", flat.numel() * flat.element_size(), lambda: dist.all_reduce(flat))
+        flat = flat.to(tensors[0].device)
         start = 0
-        for t in parts:
+        for t in tensors:
             t.copy_(flat[start:start + t.numel()].view_as(t))
             start += t.numel()
-        acc.n_tokens = int(count.item())
 
     def all_gather_rows(self, local: torch.Tensor, shares: Sequence[int]) -> torch.Tensor:
         """The full ``(Σ shares, d_in)`` matrix from each rank's ``local`` rows (``shares[r]`` of them)."""

@@ -111,6 +111,9 @@ class ShardedBlocks(BlockResidency):
     def load(self, index: int) -> None:
         self.sharded.load(index)
 
+    def unload(self, index: int) -> None:
+        self.sharded.release(index)  # only read (an allocation's dense pre-pass): nothing to write
+
     def finished(self, index: int) -> None:
         if self.writer is not None:
             self._write(index, self.sharded.blocks[index].state_dict())

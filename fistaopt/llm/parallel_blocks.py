@@ -16,7 +16,7 @@ work is balanced only when the number of blocks is a multiple of the world size.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -47,12 +47,13 @@ def check_parallel_blocks(config: PruneConfig, checkpoint_dir: Any) -> None:
 def prune_owned_blocks(
     blocks: nn.ModuleList, inputs: BlockInputs, selected: list[int], config: PruneConfig, comm: Communicator, *,
     device: torch.device, on_operator: Callable[[OperatorRecord], None], run_dense: Callable[[int, Any], None],
-    accumulator: AccumulatorFactory,
+    accumulator: AccumulatorFactory, sparsities: Callable[[int], Mapping[str, float] | None],
 ) -> list[OperatorRecord]:
     """Prune this rank's blocks (dense inputs of all batches), then share blocks and records.
 
-    ``run_dense(i, stream)`` carries the stream through block ``i`` unpruned.  Returns the
-    records of every block, in block order, on every rank.
+    ``run_dense(i, stream)`` carries the stream through block ``i`` unpruned;
+    ``sparsities(i)`` is block ``i``'s per-operator targets (None: ``config.sparsity``).
+    Returns the records of every block, in block order, on every rank.
     """
     mine = [i for i in selected if owner(i, selected, comm.world_size) == comm.rank]
     records: list[OperatorRecord] = []
@@ -66,7 +67,7 @@ def prune_owned_blocks(
         if i in mine:
             calls = [c[i] for c in inputs.calls]
             prune_block(blocks[i], i, calls, stream, config, device=device, last=i == mine[-1], on_operator=record,
-                        accumulator=accumulator)
+                        accumulator=accumulator, sparsities=sparsities(i))
         else:
             run_dense(i, stream)
     _share_blocks(blocks, selected, comm)

@@ -85,7 +85,9 @@ class BlockResidency:
 
     :func:`run_block_loop` calls ``load(i)`` before block ``i`` runs, ``finished(i)`` once
     it is final (pruned or passed through, and committed) and ``restored(i, ckpt)`` for
-    each block a checkpoint already holds.  The low-memory mode
+    each block a checkpoint already holds.  A non-uniform allocation's dense pre-pass
+    (:func:`fistaopt.llm.allocation.dense_pass`) reads each block first: ``load(i)``,
+    then ``unload(i)`` with the block unchanged.  The low-memory mode
     (:class:`fistaopt.llm.low_memory.ShardedBlocks`) reads blocks from safetensors shards
     and writes them out instead; here every block is already in place.
     """
@@ -94,6 +96,9 @@ class BlockResidency:
 
     def load(self, index: int) -> None:
         """Block ``index`` is about to run."""
+
+    def unload(self, index: int) -> None:
+        """Block ``index`` was only read (unchanged); it is not needed until its next ``load``."""
 
     def finished(self, index: int) -> None:
         """Block ``index`` is final."""
@@ -130,13 +135,16 @@ def run_block_loop(
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
     inputs = capture_block_inputs(model, batches if by_blocks else comm.local_batches(batches))
-    allocation = plan_allocation(blocks, inputs, selected, config, exec_device, whole_model=residency.holds_blocks,
-                                 distributed=comm.distributed)
+    allocation = plan_allocation(blocks, inputs, selected, config, exec_device, residency=residency,
+                                 comm=SINGLE if by_blocks else comm)  # by blocks: every rank has all batches
     report.allocation = None if allocation is None else allocation.to_dict()
     stream = make_stream(config.block_inputs, inputs.hidden)
     start = _resume(ckpt, blocks, stream, report, comm, residency) if ckpt is not None else 0
     bar, on_operator = _progress(report, sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
                                  config.method, progress and comm.is_main)
+
+    def sparsities(i: int) -> dict[str, float] | None:
+        return None if allocation is None else allocation.for_block(i)
 
     def run_dense(i: int, s: Any) -> None:  # a block that stays dense: pass the calibration inputs through
         _run_dense(blocks[i], lambda: s.pass_through(blocks[i], [c[i] for c in inputs.calls], exec_device), exec_device)
@@ -148,7 +156,7 @@ def run_block_loop(
             if i in selected:
                 prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
                             on_operator=on_operator, accumulator=accumulator, comm=comm,
-                            sparsities=None if allocation is None else allocation.for_block(i))
+                            sparsities=sparsities(i))
             else:
                 run_dense(i, stream)
         if ckpt is not None:
@@ -160,7 +168,8 @@ def run_block_loop(
     try:
         if by_blocks:
             report.records = prune_owned_blocks(blocks, inputs, selected, config, comm, device=exec_device,
-                                                on_operator=on_operator, run_dense=run_dense, accumulator=accumulator)
+                                                on_operator=on_operator, run_dense=run_dense, accumulator=accumulator,
+                                                sparsities=sparsities)
         else:
             for i in range(start, selected[-1] + 1):
                 prune_one(i)
