@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import sys
@@ -184,6 +185,8 @@ def run_task(task: Task) -> dict:
         **asdict(task), "ppl": ppl, "prune_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1,
         "loadavg_1m": [load_start, os.getloadavg()[0]], "mean_rel_error": totals.get("mean_rel_error"),
         "sparsity": totals.get("sparsity"), "settings": {k: str(v) for k, v in kwargs.items()}, "pid": os.getpid(),
+        # the worker's peak so far (Linux: KiB): the largest of the tasks this worker has run
+        "worker_peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
 

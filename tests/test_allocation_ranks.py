@@ -169,3 +169,21 @@ def test_cli_owl_with_two_ranks_equals_one_process(tmp_path, one_thread):
     want = load_file(tmp_path / "one" / "model.safetensors")
     got = load_file(tmp_path / "two" / "model.safetensors")
     assert _weights_agree(got, want) == 0.0  # Wanda: the same masks, the same weights
+
+
+def test_cli_low_memory_owl_with_two_ranks_equals_one_in_memory_process(tmp_path, one_thread):
+    """The three together: the pre-pass reads the shards on each rank, the prune shards the rows, rank 0 writes."""
+    from test_low_memory_ranks import _weights
+
+    folder = tmp_path / "llama"
+    tiny_model("llama", scale=3.0).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    args = ["prune", str(folder), "--method", "wanda", "--nsamples", "4", "--batch-size", "2", "--seqlen", "16",
+            "--calib", str(write_text(tmp_path / "calib.txt")), "--eval-tokens", "0", "--no-progress", "--threads", "1",
+            "--sparsity", "0.6", "--allocation", "owl", "--max-deviation", "0.1"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--low-memory", "--nproc", "2", "--out", str(tmp_path / "low2")]) == 0
+    one, low2 = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("one", "low2"))
+    assert low2["totals"]["distributed"]["world_size"] == 2 and low2["totals"]["low_memory"] is True
+    assert _counts(low2["allocation"]) == _counts(one["allocation"])
+    assert _weights_agree(_weights(tmp_path / "low2"), _weights(tmp_path / "one")) == 0.0  # Wanda: exact
