@@ -151,15 +151,20 @@ def test_two_ranks_allocate_from_shards_as_one_process(tmp_path, one_thread):
         assert got["peak"] == one_block and got["resident"] == 0
 
 
-def test_cli_owl_with_two_ranks_equals_one_process(tmp_path, one_thread):
-    from safetensors.torch import load_file
-
+def _owl_cli_args(tmp_path: Path) -> list[str]:
+    """``fistaopt prune`` arguments for a tiny Llama saved under ``tmp_path``: Wanda, OWL at 60%, no evaluation."""
     folder = tmp_path / "llama"
     tiny_model("llama", scale=3.0).save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
-    args = ["prune", str(folder), "--method", "wanda", "--nsamples", "4", "--batch-size", "2", "--seqlen", "16",
+    return ["prune", str(folder), "--method", "wanda", "--nsamples", "4", "--batch-size", "2", "--seqlen", "16",
             "--calib", str(write_text(tmp_path / "calib.txt")), "--eval-tokens", "0", "--no-progress", "--threads", "1",
             "--sparsity", "0.6", "--allocation", "owl", "--max-deviation", "0.1"]
+
+
+def test_cli_owl_with_two_ranks_equals_one_process(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    args = _owl_cli_args(tmp_path)
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
     one, two = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("one", "two"))
@@ -175,12 +180,7 @@ def test_cli_low_memory_owl_with_two_ranks_equals_one_in_memory_process(tmp_path
     """The three together: the pre-pass reads the shards on each rank, the prune shards the rows, rank 0 writes."""
     from test_low_memory_ranks import _weights
 
-    folder = tmp_path / "llama"
-    tiny_model("llama", scale=3.0).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    args = ["prune", str(folder), "--method", "wanda", "--nsamples", "4", "--batch-size", "2", "--seqlen", "16",
-            "--calib", str(write_text(tmp_path / "calib.txt")), "--eval-tokens", "0", "--no-progress", "--threads", "1",
-            "--sparsity", "0.6", "--allocation", "owl", "--max-deviation", "0.1"]
+    args = _owl_cli_args(tmp_path)
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--low-memory", "--nproc", "2", "--out", str(tmp_path / "low2")]) == 0
     one, low2 = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("one", "low2"))
