@@ -237,17 +237,20 @@ def run(args: argparse.Namespace) -> int:
                            timeout_s=args.dist_timeout)
         return 0
     comm = distributed.from_env(args.device, args.dist_timeout)
+    ok = False
     try:
-        return run_rank(comm, args)
+        code = run_rank(comm, args)
+        ok = True
+        return code
     finally:
-        distributed.close(comm)
+        distributed.close(comm, ok)
 
 
 def run_rank(comm: Any, args: argparse.Namespace) -> int:
     """One rank of ``fistaopt prune`` (the only one without distribution): rank 0 evaluates and writes."""
     import torch
 
-    from fistaopt.llm.distributed import rank_device
+    from fistaopt.llm.distributed import MainWrites, rank_device
     from fistaopt.llm.prune import prune
 
     p = plan(args)
@@ -271,19 +274,22 @@ def run_rank(comm: Any, args: argparse.Namespace) -> int:
 
     before = ppl()
     zero_shot_before = zero_shot_scores(model, tokenizer, args) if comm.is_main else None
-    try:
-        report = prune(model, calib, p.config, device=device, checkpoint_dir=args.checkpoint_dir,
-                       progress=progress, comm=comm, parallel=args.parallel)
-    except ValueError as e:  # settings this model cannot take, found only with its weights
-        raise UsageError(str(e)) from None
-    after = ppl()
-    if not comm.is_main:  # rank 0 alone reports and writes
+    with MainWrites(comm) as writes:  # the other ranks return once rank 0 has written (or failed to)
+        try:
+            report = prune(model, calib, p.config, device=device, checkpoint_dir=args.checkpoint_dir,
+                           progress=progress, comm=comm, parallel=args.parallel)
+        except ValueError as e:  # settings this model cannot take, found only with its weights
+            raise UsageError(str(e)) from None
+        writes.begin()
+        if comm.is_main:  # rank 0 alone evaluates, reports and writes
+            after = ppl()
+            zero_shot_after = zero_shot_scores(model, tokenizer, args)
+            _describe(report, p, args, bos_id, before, after)
+            report.extra.update(zero_shot_before=zero_shot_before, zero_shot_after=zero_shot_after)
+            out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite, source=p.source,
+                               base_model=_base_model(args), save_dtype=p.save_dtype)
+    if not comm.is_main:
         return 0
-    zero_shot_after = zero_shot_scores(model, tokenizer, args)
-    _describe(report, p, args, bos_id, before, after)
-    report.extra.update(zero_shot_before=zero_shot_before, zero_shot_after=zero_shot_after)
-    out = write_output(p.out, model, tokenizer, report, overwrite=args.overwrite, source=p.source,
-                       base_model=_base_model(args), save_dtype=p.save_dtype)
     rows = _summary(p, report, before, after, out)
     print(table(rows[:-1] + zero_shot_rows(zero_shot_before, " before") + zero_shot_rows(zero_shot_after, " after")
                 + rows[-1:]))

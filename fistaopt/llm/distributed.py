@@ -349,10 +349,12 @@ def _rank_main(rank: int, fn: Callable[..., Any], nproc: int, port: int, backend
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
     comm = init_process_group(backend, rank=rank, world_size=nproc, timeout_s=timeout_s)
+    ok = False
     try:
         fn(comm, *args)
+        ok = True
     finally:
-        dist.destroy_process_group()
+        _leave(ok)
 
 
 def launch(fn: Callable[..., Any], nproc: int, args: tuple = (), *, backend: str = "gloo",
@@ -376,7 +378,26 @@ def rank_device(device: torch.device | str | None, comm: Communicator) -> torch.
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", comm.rank)))
 
 
-def close(comm: Communicator) -> None:
-    """Leave the process group of a distributed ``comm`` (nothing for a single process)."""
+def close(comm: Communicator, ok: bool = True) -> None:
+    """Leave the process group of a distributed ``comm`` (nothing for a single process).
+
+    ``ok``: this rank finished its work without an error; it then waits for the others
+    before the group is torn down (see :func:`_leave`).
+    """
     if comm.distributed and dist.is_initialized():
+        _leave(ok)
+
+
+def _leave(ok: bool) -> None:
+    """Destroy the default process group; after a barrier when this rank succeeded.
+
+    Without the barrier a rank that finishes first tears its gloo connections down while
+    the others still use theirs, and a gloo worker thread can abort the process
+    ("terminate called without an active exception").  A rank that failed skips the
+    barrier: the others are stopped by the launcher or by the collective timeout.
+    """
+    try:
+        if ok:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
