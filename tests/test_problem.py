@@ -375,3 +375,21 @@ def test_least_squares_is_the_error_corrected_dense_optimum():
     dead = LassoProblem.from_layer(W0, torch.cat([X[:, :9], torch.zeros(80, 1, dtype=torch.float64)], 1))
     with pytest.raises(ValueError, match="not positive definite"):
         dead.least_squares()
+
+
+@pytest.mark.parametrize("spectrum", ["outlier", "clustered"])
+def test_lipschitz_bounds_the_top_eigenvalue(spectrum):
+    """Lanczos where its top Ritz value has converged (an activation Gram matrix: a few
+    outlier directions), eigvalsh where it has not (a clustered random spectrum): an upper
+    bound on λ_max(H) either way, within 1e-6 of it."""
+    n = 300
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(4 * n, n, generator=gen, dtype=f64)
+    if spectrum == "outlier":
+        X[:, :3] *= 30.0  # outlier features, as in LLM activations
+    H = X.T @ X
+    p = LassoProblem(H=H, G=torch.zeros(2, n, dtype=f64), c=torch.zeros(2, dtype=f64))
+    exact = float(torch.linalg.eigvalsh(H)[-1])
+    assert exact <= p.lipschitz() <= exact * (1 + 2e-6)
+    theta, r = fo.problems.lasso.lanczos_top_eigenvalue(H)
+    assert (r <= fo.problems.lasso.LANCZOS_TOL * theta) == (spectrum == "outlier")

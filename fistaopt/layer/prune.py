@@ -30,7 +30,7 @@ import torch
 
 from fistaopt.layer.lam import quantile_round, rounding_scores, search_lam, xi_round
 from fistaopt.layer.options import LayerOptions, check_solver_options
-from fistaopt.layer.refit import masked_refit
+from fistaopt.layer.refit import refit
 from fistaopt.problems.lasso import LassoProblem
 from fistaopt.solvers import ConvergenceWarning
 from fistaopt.sparsity import Pattern, parse_pattern, project, satisfies
@@ -83,18 +83,29 @@ class _LayerPrune:
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
         self.n_iter = self.cg_iter = 0
         self.info: dict[str, Any] = {}
-        # the first ℓ1 solution and its rounding (None: the start was on the pattern already)
+        # the first ℓ1 solution (its error is computed at the end) and the per-row objective
+        # of its rounding (None: the start was on the pattern already)
         self.unrounded: torch.Tensor | None = None
-        self.rounded: torch.Tensor | None = None
+        self.unrounded_obj: torch.Tensor | None = None  # known when the start was on the pattern
+        self.rounded_obj: torch.Tensor | None = None
 
-    def round_and_refit(self, W_l1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``W_l1`` rounded to the pattern (and refit when asked): ``(W, mask)``."""
+    def on_pattern(self, W: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``W⊙mask`` refit when asked: ``(W, per-row objective before the refit, after)``.
+
+        With the refit, both objectives come from its residuals (no product with ``H``).
+        """
+        W = W * mask
+        if not self.options.refit:
+            obj = self.plain.objective(W, per_row=True)
+            return W, obj, obj
+        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter)
+        self.cg_iter += r.iterations
+        return r.W, 0.5 * r.start_r2, 0.5 * r.r2
+
+    def round_and_refit(self, W_l1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``W_l1`` rounded to the pattern (and refit): ``(W, objective of the rounding, of W)`` per row."""
         mask = project(rounding_scores(W_l1, self.work.H), self.pat)
-        W = W_l1 * mask
-        if self.options.refit:
-            W, it, _ = masked_refit(self.plain, mask, W, max_iter=self.options.refit_iter)
-            self.cg_iter += it
-        return W, mask
+        return self.on_pattern(W_l1, mask)
 
     def relative(self, rows: torch.Tensor) -> float:
         """Relative error ``Σ r²_i / Σ c_i`` from per-row objectives ``½ r²_i`` of :attr:`plain`."""
@@ -110,12 +121,8 @@ class _LayerPrune:
             if not satisfies(W_l1, self.pat):
                 raise ValueError(f"warm_start does not satisfy the pattern {self.pat}")
             self.lam = torch.zeros(work.d_out, dtype=work.dtype, device=work.device)
-            mask = W_l1 != 0
-            self.best = W_l1 * mask
-            self.unrounded = self.best  # on the pattern already: its error is computed if no round replaces it
-            if self.options.refit:
-                self.best, it, _ = masked_refit(self.plain, mask, self.best, max_iter=self.options.refit_iter)
-                self.cg_iter += it
+            # on the pattern already: its error stands for the ℓ1 solution's unless a round replaces it
+            self.best, self.unrounded_obj, self.best_obj = self.on_pattern(W_l1, W_l1 != 0)
         else:
             keep = float(self.pat.keep_per_row(work.d_in))
             target = torch.full((work.d_out,), keep, dtype=work.dtype, device=work.device)
@@ -123,9 +130,8 @@ class _LayerPrune:
             self.lam, W_l1, self.n_iter, self.info["search_nnz_error"] = search_lam(
                 work, target, W_zero, solver=self.solver, steps=self.options.search_steps,
                 iters=self.options.search_iter, solver_options=self.solver_options)
-            self.best, mask = self.round_and_refit(W_l1)
-            self.unrounded, self.rounded = W_l1, W_l1 * mask
-        self.best_obj = self.plain.objective(self.best, per_row=True)
+            self.best, self.rounded_obj, self.best_obj = self.round_and_refit(W_l1)
+            self.unrounded = W_l1
         self.info["start_error"] = self.relative(self.best_obj)
         self.improved = torch.zeros(work.d_out, dtype=torch.bool, device=work.device)
 
@@ -139,8 +145,7 @@ class _LayerPrune:
             lam_r, W_r, it = quantile_round(self.work, self.best, o.quantiles[r % len(o.quantiles)], self.solver,
                                             o.round_iter, self.solver_options)
         self.n_iter += it
-        cand, cand_mask = self.round_and_refit(W_r)
-        obj = self.plain.objective(cand, per_row=True)
+        cand, rounded_obj, obj = self.round_and_refit(W_r)
         better = obj < self.best_obj
         if self.pat.scope == "layer":  # rows share one budget: candidates compete as a whole
             better = torch.full_like(better, bool(obj.sum() < self.best_obj.sum()))
@@ -149,7 +154,7 @@ class _LayerPrune:
         self.lam = torch.where(better, lam_r, self.lam)
         self.improved |= better
         if r == 0:
-            self.unrounded, self.rounded = W_r, W_r * cand_mask
+            self.unrounded, self.unrounded_obj, self.rounded_obj = W_r, None, rounded_obj
 
     def finish(self, dtype: torch.dtype, started: float) -> LayerResult:
         """The best weights on the exact pattern, with their mask and errors."""
@@ -159,8 +164,12 @@ class _LayerPrune:
             mask = project(rounding_scores(best, H), self.pat)
             best = best * mask
         err = self.relative(self.best_obj) if best is self.best else float(self.plain.relative_error(best))
-        err_l1 = float(self.plain.relative_error(self.unrounded))
-        err_round = err_l1 if self.rounded is None else float(self.plain.relative_error(self.rounded))
+        if self.unrounded_obj is not None:
+            err_l1 = self.relative(self.unrounded_obj)
+        else:
+            assert self.unrounded is not None
+            err_l1 = float(self.plain.relative_error(self.unrounded))
+        err_round = err_l1 if self.rounded_obj is None else self.relative(self.rounded_obj)
         # the pattern mask of W: its non-zeros, topped up to the pattern's exact count
         nz = best != 0
         scores = rounding_scores(best, H)

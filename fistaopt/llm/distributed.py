@@ -262,9 +262,11 @@ def _rows_independent(config: Any) -> bool:
 def prune_weight_sharded(comm: Communicator, W0: torch.Tensor, stats: LayerStatsAccumulator, config: Any) -> PrunedWeight:
     """:func:`~fistaopt.llm.methods.prune_weight` with the rows of ``W0 (d_out, d_in)`` split over the ranks.
 
-    Every rank returns the same full weight.  The relative error is recomputed on it
-    (as the single process does); the error before rounding is the rows' energy-weighted
-    mean of the shares', λ the min / row-weighted mean / max, ``n_iter`` the most of any rank.
+    Every rank returns the same full weight.  The relative error is the sum of the shares'
+    residual energies over the sum of their target energies (the single process's two sums,
+    split by rows: no rank repeats a product with the full weight); the error before rounding
+    is the rows' energy-weighted mean of the shares', λ the min / row-weighted mean / max,
+    ``n_iter`` the most of any rank.
     """
     if not comm.distributed:
         return prune_weight(config.method, W0, stats, config)
@@ -273,18 +275,18 @@ def prune_weight_sharded(comm: Communicator, W0: torch.Tensor, stats: LayerStats
     rows = range(_offsets(shares)[comm.rank], _offsets(shares)[comm.rank + 1])
     part: dict[str, Any] = {"rows": len(rows)}
     if len(rows):
-        W0_mine = W0[rows.start:rows.stop]
-        mine = prune_weight(config.method, W0_mine, stats, config)
+        mine = prune_weight(config.method, W0[rows.start:rows.stop], stats, config)
         W_mine = mine.W
-        D = stats.D if stats.D is not None else stats.H
-        part.update(energy=float(((W0_mine.to(D.dtype) @ D) * W0_mine.to(D.dtype)).sum()),
-                    before=mine.rel_error_before_rounding, lam=mine.lam, n_iter=mine.n_iter)
+        part.update(residual=mine.residual, energy=mine.energy, before=mine.rel_error_before_rounding,
+                    lam=mine.lam, n_iter=mine.n_iter)
     else:
         W_mine = W0.new_zeros(0, W0.shape[1])
     W = comm.all_gather_rows(W_mine.to(W0.dtype), shares)
     parts = [p for p in comm.gather_objects(part) if p["rows"]]
-    return PrunedWeight(W, float(stats.to_problem(W0, 0.0).relative_error(W)),
+    residual, energy = sum(p["residual"] for p in parts), sum(p["energy"] for p in parts)
+    return PrunedWeight(W, residual / energy if energy > 0 else residual,
                         rel_error_before_rounding=_weighted(parts, "before", "energy"),
+                        residual=residual, energy=energy,
                         lam=_merged_lam(parts), n_iter=max((p["n_iter"] for p in parts if p["n_iter"] is not None),
                                                            default=None))
 

@@ -40,6 +40,8 @@ class PrunedWeight:
     W: torch.Tensor
     rel_error: float
     rel_error_before_rounding: float | None = None
+    residual: float = 0.0  # Σ ‖X* wᵢᵀ − X w₀ᵢᵀ‖² (undamped): rel_error = residual / energy
+    energy: float = 0.0  # Σ ‖X w₀ᵢᵀ‖²
     lam: dict[str, float] | None = None  # min / mean / max of the per-row λ
     n_iter: int | None = None
 
@@ -90,7 +92,15 @@ def _baseline(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, confi
     undamped = stats.to_problem(W0, 0.0)
     target = W0 if method == "magnitude" else _baseline_target(W0, stats, undamped, config)  # magnitude: data-free
     W = BASELINE_PRUNERS[method](target, stats, config.pattern_spec, config.damp)
-    return PrunedWeight(W, float(undamped.relative_error(W)))
+    return _with_error(PrunedWeight(W, 0.0), undamped)
+
+
+def _with_error(pruned: PrunedWeight, undamped: Any) -> PrunedWeight:
+    """``pruned`` with its error on the undamped statistics (so errors compare across methods)."""
+    residual, energy = (float(t) for t in undamped.error_parts(pruned.W))
+    pruned.residual, pruned.energy = residual, energy
+    pruned.rel_error = residual / energy if energy > 0 else residual
+    return pruned
 
 
 def _baseline_target(
@@ -124,11 +134,8 @@ def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config:
         warm = BASELINE_PRUNERS[config.warm_start](_baseline_target(W0, stats, undamped, config), stats, pattern,
                                                    config.damp)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
-    return PrunedWeight(
-        res.W, float(undamped.relative_error(res.W)),  # undamped, as for the baselines
-        rel_error_before_rounding=float(res.rel_error_before_rounding), lam=lam_summary(res.lam),
-        n_iter=int(res.n_iter),
-    )
+    return _with_error(PrunedWeight(res.W, 0.0, rel_error_before_rounding=float(res.rel_error_before_rounding),
+                                    lam=lam_summary(res.lam), n_iter=int(res.n_iter)), undamped)
 
 
 def prune_weight(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:

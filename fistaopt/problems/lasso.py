@@ -41,10 +41,51 @@ from fistaopt.problems.validation import as_tensor, check_finite
 
 logger = logging.getLogger(__name__)
 
-#: Largest ``d_in`` for which :meth:`LassoProblem.lipschitz` uses an exact
-#: eigen-decomposition (float64 ``eigvalsh``); above it a power iteration with a
-#: safety factor is used.
+#: Largest ``d_in`` for which :meth:`LassoProblem.lipschitz` may fall back to an exact
+#: eigen-decomposition (float64 ``eigvalsh``) when Lanczos has not converged; above it a
+#: power iteration with a safety factor is used.
 EXACT_LIPSCHITZ_MAX_DIM = 4096
+#: From this ``d_in`` on, :meth:`LassoProblem.lipschitz` tries Lanczos before ``eigvalsh``.
+LANCZOS_MIN_DIM = 128
+#: Lanczos steps, and the residual (relative to the eigenvalue) under which it is accepted.
+LANCZOS_STEPS = 32
+LANCZOS_TOL = 1e-7
+
+
+def lanczos_top_eigenvalue(H: torch.Tensor, steps: int = LANCZOS_STEPS) -> tuple[float, float]:
+    """``(θ, r)``: the largest Ritz value of symmetric ``H (n, n)`` after ``steps`` Lanczos
+    steps (full reorthogonalisation, float64, a seeded random start) and its residual norm
+    ``r = ‖H y − θ y‖``, so an eigenvalue of ``H`` lies in ``[θ − r, θ + r]``; with a
+    converged top Ritz value (``r ≪ θ``) ``θ + r`` bounds ``λ_max``.  Costs ``steps``
+    products ``H v`` instead of a full eigen-decomposition (e.g. 0.04 s vs 0.26 s at n = 1536)."""
+    H = H.to(torch.float64)
+    n = H.shape[-1]
+    k = min(int(steps), n)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(n, generator=gen, dtype=torch.float64).to(H.device)
+    q /= q.norm()
+    Q = torch.empty(k, n, dtype=torch.float64, device=H.device)
+    alpha: list[float] = []
+    beta: list[float] = []
+    for j in range(k):
+        Q[j] = q
+        w = H @ q
+        alpha.append(float(q @ w))
+        basis = Q[: j + 1]
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            w -= basis.T @ (basis @ w)
+        b = float(w.norm())
+        beta.append(b)
+        if b <= 1e-14 * max(abs(alpha[0]), 1e-300):  # an invariant subspace: the Ritz values are exact
+            break
+        q = w / b
+    m = len(alpha)
+    T = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(beta[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    theta, S = torch.linalg.eigh(T)
+    return float(theta[-1]), abs(beta[m - 1] * float(S[-1, -1]))
 
 Array = "torch.Tensor | np.ndarray"
 
@@ -414,17 +455,24 @@ class LassoProblem:
     def lipschitz(self) -> float:
         """``L = λ_max(H)``, the Lipschitz constant of ``∇f``.
 
-        Exact (float64 ``eigvalsh``) for ``d_in ≤ EXACT_LIPSCHITZ_MAX_DIM``; above it,
-        200 power iterations in float64 times a safety factor 1.02 (a safe upper bound
-        in practice for Gram matrices whose top eigenvalue is separated; the solvers
-        also guard against a step that is too long).  Cached.
+        From ``d_in ≥ LANCZOS_MIN_DIM``: :func:`lanczos_top_eigenvalue`, accepted when its
+        residual is below ``LANCZOS_TOL`` times the eigenvalue, as ``(θ + r)(1 + 1e-6)`` (the
+        margin covers the rounding of ``θ``, measured within 4e-10 of ``eigvalsh`` on the
+        SmolLM2 layer problems, whose top eigenvalue is well separated).  Otherwise exact (float64 ``eigvalsh``) for
+        ``d_in ≤ EXACT_LIPSCHITZ_MAX_DIM``; above it, 200 power iterations in float64 times
+        a safety factor 1.02 (a safe upper bound in practice for Gram matrices whose top
+        eigenvalue is separated; the solvers also guard against a step that is too long).
+        Cached.
         """
         for H_ref, L_cached in self._h_cache["lipschitz"]:
             if H_ref is self.H:
                 return L_cached
         H = self.H.to(torch.float64)
+        theta, r = lanczos_top_eigenvalue(H) if self.d_in >= LANCZOS_MIN_DIM else (0.0, math.inf)
         if self.d_in == 0:
             L = 0.0
+        elif r <= LANCZOS_TOL * abs(theta):
+            L = (theta + r) * (1 + 1e-6)
         elif self.d_in <= EXACT_LIPSCHITZ_MAX_DIM:
             L = torch.linalg.eigvalsh(H)[-1].item()
         else:
@@ -518,12 +566,16 @@ class LassoProblem:
             viol = viol * self.mask
         return viol.amax(-1) if self.d_in else torch.zeros(g.shape[:-1], dtype=torch.float64)
 
+    def error_parts(self, W: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σᵢ ‖X* wᵢᵀ − X w₀ᵢᵀ‖², Σᵢ ‖X w₀ᵢᵀ‖²)`` (float64; per batch element when batched):
+        the two sums of :meth:`relative_error`, which add up over row blocks of ``W``."""
+        W = self.check_W(W)
+        return self._pieces(W)["r2"].sum(-1), self.c.to(torch.float64).sum(-1)
+
     def relative_error(self, W: Any) -> torch.Tensor:
         """Relative reconstruction error ``‖X* wᵀ − X w₀ᵀ‖² / ‖X w₀ᵀ‖²`` in total (float64 scalar)."""
-        W = self.check_W(W)
-        r2 = self._pieces(W)["r2"]
-        denom = self.c.to(torch.float64).sum()
-        return r2.sum(-1) / denom if denom > 0 else r2.sum(-1)
+        r2, denom = self.error_parts(W)
+        return torch.where(denom > 0, r2 / torch.where(denom > 0, denom, 1.0), r2)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, **metadata: Any) -> None:
