@@ -118,6 +118,38 @@ def test_realised_pattern_is_the_allocation_on_every_operator(arch, rule, method
     assert report.settings["allocation"] == rule
 
 
+def test_resume_takes_the_allocation_from_the_checkpoint(tmp_path, monkeypatch):
+    """A resumed run does not redo the dense pre-pass: the finished blocks were pruned to the
+    checkpoint's allocation, which a recomputation (e.g. with another number of ranks, whose
+    sums round differently) could move by a count."""
+    import importlib
+
+    prune_module = importlib.import_module("fistaopt.llm.prune")  # the module, not the function it exports
+    ids = calib(4, 16)
+    kw = dict(method="wanda", sparsity=0.6, allocation="convex", max_deviation=0.1, progress=False, batch_size=2)
+    reference = tiny_model("llama")
+    want = prune(reference, ids, **kw)
+
+    def stop_after_block_0(i, report):
+        if i == 0:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        prune(tiny_model("llama"), ids, checkpoint_dir=ckpt, callback=stop_after_block_0, **kw)
+    assert json.loads((ckpt / "state.json").read_text())["allocation"]["rule"] == "convex"
+
+    def no_prepass(*args, **kwargs):
+        raise AssertionError("the resumed run recomputed the allocation")
+
+    monkeypatch.setattr(prune_module, "plan_allocation", no_prepass)
+    resumed = tiny_model("llama")
+    got = prune(resumed, ids, checkpoint_dir=ckpt, **kw)
+    assert got.allocation == want.allocation
+    for (k, v), (k2, v2) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
 def test_uniform_is_unchanged():
     ids = calib(4, 16)
     a, b = tiny_model("llama"), tiny_model("llama")

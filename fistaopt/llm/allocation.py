@@ -57,7 +57,6 @@ tiny models of ``tests/test_allocation_ranks.py``: the same counts).
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -77,7 +76,6 @@ from fistaopt.problems.lasso import LassoProblem
 if TYPE_CHECKING:
     from fistaopt.llm.prune import BlockResidency
 
-logger = logging.getLogger(__name__)
 
 ALLOCATIONS = ("uniform", "owl", "convex")
 CONVEX_GRID = 10  # λ values per operator
@@ -119,6 +117,14 @@ class Allocation:
                for s, v in zip(self.slots, self.sparsities)]
         return {"rule": self.rule, "target": self.target, **self.info, "operators": ops,
                 "blocks": block_view(ops, "target")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Allocation":
+        """The allocation :meth:`to_dict` wrote (a checkpoint's)."""
+        ops = d["operators"]
+        info = {k: v for k, v in d.items() if k not in ("rule", "target", "operators", "blocks")}
+        return cls(d["rule"], float(d["target"]), [Slot(o["block"], o["name"], *o["shape"]) for o in ops],
+                   [float(o["target"]) for o in ops], info)
 
 
 def block_view(ops: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -393,8 +399,4 @@ def _exact(rule: str, config: Any, slots: list[Slot], desired: list[float], info
     widths = [s.size if layer else s.d_in for s in slots]
     counts = exact_counts(units, widths, desired, config.sparsity, config.max_deviation)
     sparsities = [k / w for k, w in zip(counts, widths)]
-    alloc = Allocation(rule, config.sparsity, slots, sparsities,
-                       {"max_deviation": config.max_deviation, **info})
-    logger.info("allocation %s: block sparsities %s", rule,
-                [round(b["target"], 4) for b in alloc.to_dict()["blocks"]])
-    return alloc
+    return Allocation(rule, config.sparsity, slots, sparsities, {"max_deviation": config.max_deviation, **info})

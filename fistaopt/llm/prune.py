@@ -14,6 +14,7 @@ The same loop serves the low-memory mode (:mod:`fistaopt.llm.low_memory`): a
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fistaopt.llm.allocation import plan_allocation
+from fistaopt.llm.allocation import Allocation, plan_allocation
 from fistaopt.llm.block import AccumulatorFactory, prune_block
 from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.checkpoint import Checkpoint, fingerprint
@@ -34,6 +35,8 @@ from fistaopt.llm.parallel_blocks import check_parallel_blocks, prune_owned_bloc
 from fistaopt.llm.report import PruneReport
 from fistaopt.llm.streams import make_stream
 from fistaopt.problems import LayerStatsAccumulator
+
+logger = logging.getLogger(__name__)
 
 
 def prune(
@@ -135,9 +138,16 @@ def run_block_loop(
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
     inputs = capture_block_inputs(model, batches if by_blocks else comm.local_batches(batches))
-    allocation = plan_allocation(blocks, inputs, selected, config, exec_device, residency=residency,
-                                 comm=SINGLE if by_blocks else comm)  # by blocks: every rank has all batches
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None and saved.get("allocation") is not None:  # resumed: the allocation its blocks had
+        allocation: Allocation | None = Allocation.from_dict(saved["allocation"])
+    else:
+        allocation = plan_allocation(blocks, inputs, selected, config, exec_device, residency=residency,
+                                     comm=SINGLE if by_blocks else comm)  # by blocks: every rank has all batches
     report.allocation = None if allocation is None else allocation.to_dict()
+    if report.allocation is not None and comm.is_main:
+        logger.info("allocation %s: block sparsities %s", config.allocation,
+                    [round(b["target"], 4) for b in report.allocation["blocks"]])
     stream = make_stream(config.block_inputs, inputs.hidden)
     start = _resume(ckpt, blocks, stream, report, comm, residency) if ckpt is not None else 0
     bar, on_operator = _progress(report, sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
@@ -240,7 +250,7 @@ def _commit(ckpt: Checkpoint, comm: Communicator, index: int, block: nn.Module, 
     """Rank 0 commits block ``index`` with the stream of every rank's batches (gathered)."""
     full = None if stream is None else comm.gather_stream(stream, n_batches)
     if comm.is_main:
-        ckpt.save(index, block, full, report.records)
+        ckpt.save(index, block, full, report.records, report.allocation)
 
 
 @contextmanager
