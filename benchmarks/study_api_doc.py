@@ -24,7 +24,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
                                                      "lambda_path", "LambdaPath",
                                                      "sparsity"]),
     ("Pruning one layer (`fistaopt.layer`)", "fistaopt.layer", ["prune_layer", "LayerOptions", "LayerResult",
-                                                               "masked_refit"]),
+                                                               "refit", "Refit", "masked_refit"]),
     ("Pruning a model (`fistaopt.llm`)", "fistaopt.llm", ["prune", "PruneConfig", "PruneReport", "OperatorRecord"]),
     ("Plots (`fistaopt.plots`)", "fistaopt.plots", ["plot_gap", "plot_suboptimality", "plot_convergence",
                                                    "plot_sparsity_path", "plot_prune_report", "operator_records",

@@ -6,7 +6,7 @@
 
 from fistaopt.layer.options import LayerOptions, check_solver_options, split_options
 from fistaopt.layer.prune import LayerResult, prune_layer
-from fistaopt.layer.refit import masked_refit, refit_mask
+from fistaopt.layer.refit import Refit, masked_refit, refit, refit_mask
 
-__all__ = ["LayerOptions", "LayerResult", "prune_layer", "masked_refit", "refit_mask", "check_solver_options",
-           "split_options"]
+__all__ = ["LayerOptions", "LayerResult", "prune_layer", "refit", "Refit", "masked_refit", "refit_mask",
+           "check_solver_options", "split_options"]

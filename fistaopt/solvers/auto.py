@@ -15,8 +15,8 @@ The rule (measured with ``benchmarks/solver_peers.py``, see docs/solvers.md)::
 coordinate descent will have to work on (its active phases cost the square of that
 number per sweep; ADMM's iterations do not depend on it).  Where ``f`` is large the
 solution may still be sparse (correlated designs: ``f`` = 0.80 but 23% non-zeros on the
-``correlated`` set at 0.1 λ_max), so ``κ`` (one ``eigvalsh``, as FISTA's own step size
-costs) and then ``ρ`` (a loose ``cd`` solve of a few rows) decide.  Measured
+``correlated`` set at 0.1 λ_max), so ``κ`` (one ``eigvalsh``: the smallest eigenvalue as
+well as the largest) and then ``ρ`` (a loose ``cd`` solve of a few rows) decide.  Measured
 (docs/results/solver-peers*.json, SmolLM2 block-3 statistics and the synthetic sets at
 256×512, λ = 0.01 and 0.1 λ_max): ``f`` = 0.01–0.37 on the rows where ``cd`` was the
 fastest of ours; ``iid`` (``κ`` = 8.9, ``f`` ≥ 0.75) went to ``fista``; the
