@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from fistaopt import _io
+from fistaopt.cli.common import block_list
 from fistaopt.study.specs import Spec
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="sparsegpt;fista", help="';'-separated method specs, e.g. 'fista[rounds=1]'")
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--pattern", default="unstructured")
-    ap.add_argument("--blocks", default="0-2", help="blocks to prune, e.g. '0-2' (default) or 'all'")
+    ap.add_argument("--blocks", type=_blocks, default="0-2", help="blocks to prune, e.g. '0-2' (default) or 'all'")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         specs = [Spec.parse(s) for s in args.methods.split(";") if s.strip()]
     except ValueError as e:
         ap.error(str(e))
-    args.blocks = None if args.blocks == "all" else _block_range(ap, args.blocks)
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -97,15 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _block_range(ap: argparse.ArgumentParser, text: str) -> list[int]:
-    try:
-        if "-" in text:
-            lo, hi = (int(x) for x in text.split("-"))
-            return list(range(lo, hi + 1))
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        ap.error(f"--blocks must be 'all', 'A-B' or 'A,B,...', got {text!r}")
-        raise
+def _blocks(text: str) -> list[int] | None:
+    """argparse type: ``all`` (None) or block indices as :func:`fistaopt.cli.common.block_list` reads them."""
+    return None if text == "all" else block_list(text)
 
 
 if __name__ == "__main__":

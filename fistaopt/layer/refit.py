@@ -104,4 +104,4 @@ def masked_refit(
 def refit_mask(problem: LassoProblem, mask: torch.Tensor, W_init: torch.Tensor | None = None,
                max_iter: int = 100) -> torch.Tensor:
     """The refit weights on a fixed mask (baselines + refit comparisons); ``problem.lam`` ignored."""
-    return masked_refit(problem.with_lam(0.0), mask, W_init, max_iter=max_iter)[0]
+    return refit(problem.with_lam(0.0), mask, W_init, max_iter=max_iter).W

@@ -149,7 +149,9 @@ def run_block_loop(
         logger.info("allocation %s: block sparsities %s", config.allocation,
                     [round(b["target"], 4) for b in report.allocation["blocks"]])
     stream = make_stream(config.block_inputs, inputs.hidden)
-    start = _resume(ckpt, blocks, stream, report, comm, residency) if ckpt is not None else 0
+    start = 0
+    if ckpt is not None and saved is not None:
+        start = _resume(ckpt, saved, blocks, stream, report, comm, residency)
     bar, on_operator = _progress(report, sum(len(linear_modules(blocks[i])) for i in selected if i >= start),
                                  config.method, progress and comm.is_main)
 
@@ -226,17 +228,14 @@ def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int)
                                  "seqlen": sorted({int(b.shape[1]) for b in batches}), "n_blocks": n_blocks})
 
 
-def _resume(ckpt: Checkpoint, blocks: nn.ModuleList, stream: Any, report: PruneReport, comm: Communicator,
-            residency: BlockResidency) -> int:
-    """Restore a committed checkpoint (blocks, this rank's stream, records); the block to continue with.
+def _resume(ckpt: Checkpoint, state: dict[str, Any], blocks: nn.ModuleList, stream: Any, report: PruneReport,
+            comm: Communicator, residency: BlockResidency) -> int:
+    """Restore the committed ``state`` of ``ckpt`` (blocks, this rank's stream, records); the block to continue with.
 
     The stream is saved for all batches, so a run resumes with any number of ranks.  The
     finished blocks are loaded into ``blocks`` when the residency holds them there, else
     handed to it one at a time.
     """
-    state = ckpt.load()
-    if state is None:
-        return 0
     start, saved, report.records = ckpt.restore(blocks if residency.holds_blocks else None, state)
     for j in range(start):
         residency.restored(j, ckpt)
