@@ -457,7 +457,7 @@ class LassoProblem:
 
         From ``d_in ≥ LANCZOS_MIN_DIM``: :func:`lanczos_top_eigenvalue`, accepted when its
         residual is below ``LANCZOS_TOL`` times the eigenvalue, as ``(θ + r)(1 + 1e-6)`` (the
-        margin covers the rounding of ``θ``, measured within 4e-10 of ``eigvalsh`` on the
+        margin covers the rounding of ``θ``, measured within 4.1e-10 of ``eigvalsh`` on the
         SmolLM2 layer problems, whose top eigenvalue is well separated).  Otherwise exact (float64 ``eigvalsh``) for
         ``d_in ≤ EXACT_LIPSCHITZ_MAX_DIM``; above it, 200 power iterations in float64 times
         a safety factor 1.02 (a safe upper bound in practice for Gram matrices whose top
