@@ -31,6 +31,7 @@ from torch import nn
 
 from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
 from fistaopt.llm.model import OperatorGroup
+from fistaopt.llm.stepped_forward import SteppedForwards, held_bytes
 from fistaopt.problems import LayerStatsAccumulator
 
 Hidden = list[torch.Tensor]
@@ -45,6 +46,12 @@ def skip_tokens(x: torch.Tensor, k: int) -> torch.Tensor:
 #: block (all calibration batches).  Under it, error correction reads every later group's
 #: ``X`` from ONE forward of the dense copy per batch instead of one per group.
 DENSE_INPUT_CACHE_BYTES = 1 << 30
+
+#: Largest estimated size (:func:`~fistaopt.llm.stepped_forward.held_bytes`) of the pruned
+#: block's paused forwards.  Under it, error correction reads every group's ``X*`` and the
+#: block's output from ONE forward per batch, paused before each group
+#: (:class:`~fistaopt.llm.stepped_forward.SteppedForwards`); above it, one forward per group.
+STEPPED_FORWARD_BYTES = 4 << 30
 
 
 @dataclass
@@ -62,6 +69,7 @@ class BlockWork:
     dense: nn.Module | None = None  # an unpruned copy, when the stream needs one
     outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
     cached_groups: list[OperatorGroup] = field(default_factory=list)
+    pruned_forwards: SteppedForwards | None = None  # the block's paused forwards, when they fit
     _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -90,6 +98,18 @@ class BlockWork:
                                                                     self.device)))
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
 
+    def pruned_inputs(self, group: OperatorGroup, hidden: Hidden) -> list[torch.Tensor]:
+        """``X*`` of ``group`` for every batch: the next pause of the stepped forwards, or recomputed."""
+        if self.pruned_forwards is not None:
+            return self.pruned_forwards.step()
+        return [self.input_of(False, group, b, h) for b, h in enumerate(hidden)]
+
+    def close(self) -> None:
+        """End the paused forwards (a block whose output is not needed, or an error)."""
+        if self.pruned_forwards is not None:
+            self.pruned_forwards.close()
+            self.pruned_forwards = None
+
 
 class PrunedStream:
     """``block_inputs="pruned"``: the pruned model's hidden states enter every block."""
@@ -107,13 +127,20 @@ class PrunedStream:
         if work.dense is not None:
             work.cache_dense_inputs(groups, self.hidden)
 
+    def start_pruned_forwards(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
+        """With error correction: one forward of the block per batch, paused before each of
+        ``groups``, when it fits :data:`STEPPED_FORWARD_BYTES` (else ``X*`` is recomputed per group)."""
+        if held_bytes(self.hidden, [g.d_in for g in groups]) <= STEPPED_FORWARD_BYTES:
+            work.pruned_forwards = SteppedForwards(work.block, [g.operators[0].module for g in groups], work.calls,
+                                                   self.hidden, work.device, work.skip)
+
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
-        for b, h in enumerate(self.hidden):
+        for b, (h, x_star) in enumerate(zip(self.hidden, work.pruned_inputs(group, self.hidden))):
             if first or work.dense is None:  # nothing of this block is pruned yet
-                acc.add(work.input_of(False, group, b, h))
+                acc.add(x_star)
             else:
-                acc.add(work.dense_input(group, b, h), work.input_of(False, group, b, h))
+                acc.add(work.dense_input(group, b, h), x_star)
 
     def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:
         """Every group's ``X* = X`` from one dense forward per batch (no error correction)."""
@@ -123,8 +150,12 @@ class PrunedStream:
                 acc.add(skip_tokens(x, work.skip))
 
     def advance(self, work: BlockWork) -> None:
-        """The next block's inputs: the pruned block's outputs."""
-        self.hidden = [run_block(work.block, work.calls[b], h, work.device) for b, h in enumerate(self.hidden)]
+        """The next block's inputs: the pruned block's outputs (the stepped forwards' ends, or recomputed)."""
+        if work.pruned_forwards is not None:
+            self.hidden = work.pruned_forwards.finish()
+            work.pruned_forwards = None
+        else:
+            self.hidden = [run_block(work.block, work.calls[b], h, work.device) for b, h in enumerate(self.hidden)]
 
     def pass_through(self, block: nn.Module, calls: list[BlockCall], device: torch.device) -> None:
         """Run a block that stays dense."""
@@ -187,6 +218,9 @@ class CorrectedStream(PrunedStream):
 
     def share_dense_forward(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
         """Nothing: here ``X`` comes from the dense stream, one forward per group."""
+
+    def start_pruned_forwards(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
+        """Nothing: here ``X*`` is recomputed per group."""
 
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         for b, (h, dh) in enumerate(zip(self.hidden, self.dense_hidden)):
