@@ -398,3 +398,25 @@ def test_shared_dense_forward_gives_the_same_weights_with_fewer_forwards(arch, m
     (w_single, n_single), (w_shared, n_shared) = results[0], results[streams.DENSE_INPUT_CACHE_BYTES]
     assert all(torch.equal(a, b) for a, b in zip(w_single, w_shared))
     assert n_shared < n_single
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2"])
+def test_targets_streamed_for_narrow_outputs_give_the_same_prune(arch, monkeypatch):
+    """Where Σ d_out < d_in (the down projection) G and c come from Y = X W₀ᵀ instead of C and D:
+    the same problems, so the same masks and (float64 statistics) the same weights."""
+    import fistaopt.llm.block as block_mod
+
+    ids = calib(nsamples=4, seqlen=16)
+    results = {}
+    for streamed in (False, True):
+        if not streamed:
+            monkeypatch.setattr(block_mod, "targets_pay", lambda d_in, d_outs: False)
+        else:
+            monkeypatch.undo()
+        model = tiny_model(arch)
+        captured, _ = _prune_recording(model, ids, method="fista", sparsity=0.5, batch_size=2, stats_dtype="float64")
+        assert any(acc.W_targets is not None for acc in captured) == streamed
+        results[streamed] = [W for _, _, W in _block_weights(model)]
+    for a, b in zip(results[False], results[True]):
+        assert torch.equal(a != 0, b != 0)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

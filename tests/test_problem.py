@@ -98,6 +98,40 @@ def test_layer_accumulator_streaming_equals_one_shot():
         LayerStatsAccumulator(8).to_problem(W0)
 
 
+def test_layer_accumulator_with_targets_equals_the_one_shot_problem_per_operator_and_rows():
+    """G = YᵀX*, c = ‖Y‖² from Y = X W₀ᵀ (targets) is the problem of C and D, operator by operator."""
+    X = _rand(0, 60, 8)
+    Xs = X + 0.05 * _rand(2, 60, 8)
+    W_a, W_b = _rand(1, 3, 8), _rand(3, 2, 8)
+    acc = LayerStatsAccumulator(8, dtype=f64, targets=[W_a, W_b])
+    for lo, hi in [(0, 25), (25, 60)]:
+        acc.add(X[lo:hi].reshape(1, hi - lo, 8), Xs[lo:hi])
+    assert acc.error_corrected and acc.n_tokens == 60
+    for k, W0 in enumerate((W_a, W_b)):
+        stats = acc.for_operator(k)
+        for damp in (0.0, 0.01):
+            p = stats.to_problem(W0, 0.1, damp=damp)
+            ref = LassoProblem.from_layer(W0, X, Xs, lam=0.1)
+            ref = LassoProblem(H=ref.H / 60, G=ref.G / 60, c=ref.c / 60, lam=0.1).with_damping(W0, damp)
+            for a, b in ((p.H, ref.H), (p.G, ref.G), (p.c, ref.c)):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        part = stats.rows(1, W0.shape[0]).to_problem(W0[1:], 0.1)
+        torch.testing.assert_close(part.G, stats.to_problem(W0, 0.1).G[1:], rtol=0, atol=0)
+        torch.testing.assert_close(part.c, stats.to_problem(W0, 0.1).c[1:], rtol=0, atol=0)
+        with pytest.raises(ValueError, match="operator's shape"):
+            stats.to_problem(W0[1:])
+    with pytest.raises(ValueError, match="for_operator"):
+        acc.to_problem(W_a)
+    with pytest.raises(ValueError, match="for_operator"):
+        acc.rows(0, 1)
+    with pytest.raises(ValueError, match="outside"):
+        acc.for_operator(0).rows(0, 4)
+    with pytest.raises(ValueError, match="targets must be weights"):
+        LayerStatsAccumulator(8, targets=[_rand(1, 3, 7)])
+    plain = LayerStatsAccumulator(8)
+    assert plain.for_operator(1) is plain and plain.rows(0, 2) is plain
+
+
 def test_data_accumulator_streaming_equals_one_shot():
     X, Y = _rand(0, 33, 5), _rand(1, 33, 4)
     acc = DataStatsAccumulator(5, 4)

@@ -3,7 +3,8 @@
 The block runs on the execution device.  Its linear operators are discovered by one
 forward and grouped by shared input (:func:`fistaopt.llm.model.block_operators`).  With
 error correction, each group's statistics are streamed after the groups before it are
-pruned (``X*`` from the partly pruned block, ``X`` from a dense copy); without, one
+pruned (``X*`` from the partly pruned block, whose forward per batch pauses before each
+group, :mod:`fistaopt.llm.stepped_forward`; ``X`` from a dense copy); without, one
 dense forward per batch serves every group (``X* = X``).  Each operator is then pruned
 by :func:`fistaopt.llm.methods.prune_weight` and its weight overwritten.
 """
@@ -26,10 +27,11 @@ from fistaopt.llm.model import OperatorGroup, block_operators
 from fistaopt.llm.report import OperatorRecord
 from fistaopt.llm.streams import BlockWork, PrunedStream
 from fistaopt.problems import LayerStatsAccumulator
+from fistaopt.problems.accumulate import targets_pay
 
 logger = logging.getLogger(__name__)
 
-#: Makes the statistics accumulator of one group: ``(d_in, dtype, device) -> accumulator``.
+#: Makes the statistics accumulator of one group: ``(d_in, dtype=, device=, targets=) -> accumulator``.
 AccumulatorFactory = Callable[..., LayerStatsAccumulator]
 
 
@@ -55,19 +57,22 @@ def prune_block(
     """
     home = next(block.parameters()).device
     block.to(device)
+    work: BlockWork | None = None
     try:
         groups = _groups(block, calls[0], stream.hidden[0], device)
         work = BlockWork(block, calls, device, skip=config.skip_tokens)
         if stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
 
-        def new_acc(g: OperatorGroup) -> LayerStatsAccumulator:
-            return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device)
+        def new_acc(g: OperatorGroup, targets: bool = False) -> LayerStatsAccumulator:
+            weights = [op.get_weight() for op in g] if targets else None
+            return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device, targets=weights)
 
         if config.error_correction:
             stream.share_dense_forward(work, groups[1:])
+            stream.start_pruned_forwards(work, groups)
             for gi, g in enumerate(groups):
-                acc = new_acc(g)
+                acc = new_acc(g, targets=gi > 0 and targets_pay(g.d_in, [op.d_out for op in g]))
                 stream.group_statistics(work, g, gi == 0, acc)
                 comm.reduce_statistics(acc)
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
@@ -80,25 +85,28 @@ def prune_block(
         if not last:
             stream.advance(work)
     finally:
+        if work is not None:
+            work.close()
         block.to(home)
 
 
-def _save_problem(acc: Any, W0: torch.Tensor, index: int, name: str, shape: Any, config: PruneConfig) -> None:
+def _save_problem(stats: Any, W0: torch.Tensor, index: int, name: str, shape: Any, config: PruneConfig) -> None:
     folder = Path(str(config.save_problems))
-    acc.to_problem(W0, 0.0, damp=config.damp).save(
+    stats.to_problem(W0, 0.0, damp=config.damp).save(
         folder / f"block{index:02d}.{name}.pt", block=index, operator=name, shape=list(shape), damp=config.damp)
 
 
 def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,
                  on_operator: Callable[[OperatorRecord], None], comm: Communicator,
                  sparsities: Mapping[str, float] | None = None) -> None:
-    for op in group.operators:
+    for k, op in enumerate(group.operators):
         W0 = op.get_weight().to(acc.H.device)
+        stats = acc.for_operator(k)
         if config.save_problems and comm.is_main:
-            _save_problem(acc, W0, index, op.name, op.shape, config)
+            _save_problem(stats, W0, index, op.name, op.shape, config)
         op_config = config if sparsities is None else config.for_operator(sparsities[op.name])
         t0 = time.perf_counter()
-        pruned = prune_weight_sharded(comm, W0, acc, op_config)
+        pruned = prune_weight_sharded(comm, W0, stats, op_config)
         seconds = time.perf_counter() - t0
         op.set_weight(pruned.W)
         n_zero = int((op.get_weight() == 0).sum())

@@ -127,12 +127,13 @@ class Communicator:
         return out
 
     def reduce_statistics(self, acc: LayerStatsAccumulator) -> None:
-        """Sum ``H`` (and ``C``, ``D`` with error correction) and the token count over the ranks, in place."""
+        """Sum ``H`` (and ``C``, ``D`` or the targets' ``G``, ``c`` with error correction) and the
+        token count over the ranks, in place."""
         if not self.distributed:
             return
-        self.sum_over_ranks([acc.H] + [t for t in (acc.C, acc.D) if t is not None])
-        count = torch.tensor([float(acc.n_tokens)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(count)
+        self.sum_over_ranks(acc.sums())
+        count = torch.tensor([float(acc.n_tokens)], dtype=torch.float64, device=acc.H.device)
+        self.sum_over_ranks([count] + ([acc.c] if acc.c is not None else []))  # float64, one all-reduce
         acc.n_tokens = int(count.item())
 
     def sum_over_ranks(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -275,7 +276,7 @@ def prune_weight_sharded(comm: Communicator, W0: torch.Tensor, stats: LayerStats
     rows = range(_offsets(shares)[comm.rank], _offsets(shares)[comm.rank + 1])
     part: dict[str, Any] = {"rows": len(rows)}
     if len(rows):
-        mine = prune_weight(config.method, W0[rows.start:rows.stop], stats, config)
+        mine = prune_weight(config.method, W0[rows.start:rows.stop], stats.rows(rows.start, rows.stop), config)
         W_mine = mine.W
         part.update(residual=mine.residual, energy=mine.energy, before=mine.rel_error_before_rounding,
                     lam=mine.lam, n_iter=mine.n_iter)

@@ -5,7 +5,7 @@ Activations are never stored: each batch of tokens updates ``d_in × d_in`` sums
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -23,19 +23,28 @@ def _tokens(x: Any, name: str, d_in: int, dtype: torch.dtype, device: Any) -> to
 
 
 class LayerStatsAccumulator:
-    """Streams ``H = X*ᵀX*``, ``C = XᵀX*`` and ``D = XᵀX`` for one linear operator.
+    """Streams ``H = X*ᵀX*``, ``C = XᵀX*`` and ``D = XᵀX`` for the operators reading one input.
 
-    ``X`` is the operator's input in the dense model, ``X*`` the input with earlier
+    ``X`` is the operators' input in the dense model, ``X*`` the input with earlier
     operators pruned (intra-block error correction).  When ``X*`` is never given
     (``X* = X``) only ``H`` is kept and ``C = D = H``.
+
+    With ``targets`` (the dense weights ``W₀ₖ (d_outₖ, d_in)`` of the operators) the target
+    side is streamed per operator instead: ``Yₖ = X W₀ₖᵀ``, ``Gₖ = Yₖᵀ X*`` and
+    ``cₖ = ‖Yₖ‖²`` per row (``c`` summed in float64).  That costs ``2·N·d_in·Σd_out``
+    multiply-adds against ``2·N·d_in²`` for ``C`` and ``D``: the cheaper way when
+    ``Σ d_out < d_in`` (a down projection; :func:`targets_pay`).  Each operator's
+    statistics are then :meth:`for_operator`'s.
 
     Args:
         d_in: input dimension.
         dtype: accumulation dtype (float32 default; float64 for exactness).
         device: where the sums live.
+        targets: the operators' dense weights, in order (see above), or None.
     """
 
-    def __init__(self, d_in: int, *, dtype: torch.dtype = torch.float32, device: Any = None) -> None:
+    def __init__(self, d_in: int, *, dtype: torch.dtype = torch.float32, device: Any = None,
+                 targets: Sequence[Any] | None = None) -> None:
         if int(d_in) <= 0:
             raise ValueError(f"d_in must be positive, got {d_in}")
         self.d_in = int(d_in)
@@ -45,20 +54,39 @@ class LayerStatsAccumulator:
         self.C: torch.Tensor | None = None
         self.D: torch.Tensor | None = None
         self.n_tokens = 0
+        self.W_targets: torch.Tensor | None = None  # (Σ d_out, d_in): the targets' weights, stacked
+        self.G: torch.Tensor | None = None  # (Σ d_out, d_in)
+        self.c: torch.Tensor | None = None  # (Σ d_out,) float64
+        self.target_rows: list[int] = []
+        if targets is not None:
+            Ws = [as_tensor(W, f"targets[{k}]") for k, W in enumerate(targets)]
+            if not Ws or any(W.ndim != 2 or W.shape[1] != self.d_in for W in Ws):
+                raise ValueError(f"targets must be weights of shape (d_out, d_in = {self.d_in}), got "
+                                 f"{[tuple(W.shape) for W in Ws]}")
+            self.W_targets = torch.cat([W.to(device=self.device, dtype=dtype) for W in Ws])
+            check_finite(self.W_targets, "targets")
+            self.target_rows = [W.shape[0] for W in Ws]
+            self.G = torch.zeros_like(self.W_targets)
+            self.c = torch.zeros(self.W_targets.shape[0], dtype=torch.float64, device=self.device)
 
     def add(self, X: Any, X_star: Any = None) -> None:
         """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count)."""
         X = _tokens(X, "X", self.d_in, self.dtype, self.device)
-        if X_star is None:
+        if self.W_targets is not None:
+            Xs = X if X_star is None else _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
+            _same_tokens(X, Xs)
+            assert self.G is not None and self.c is not None
+            self.H.addmm_(Xs.T, Xs)
+            Y = X @ self.W_targets.T
+            self.G.addmm_(Y.T, Xs)
+            self.c += Y.to(torch.float64).square().sum(0)
+        elif X_star is None:
             if self.C is not None:
                 raise ValueError("this accumulator received X_star before; pass X_star for every batch")
             self.H.addmm_(X.T, X)
         else:
             Xs = _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
-            if Xs.shape[0] != X.shape[0]:
-                raise ValueError(
-                    f"X and X_star must hold the same tokens: {X.shape[0]} vs {Xs.shape[0]} rows"
-                )
+            _same_tokens(X, Xs)
             if self.C is None:
                 if self.n_tokens > 0:
                     raise ValueError("this accumulator received batches without X_star before")
@@ -71,11 +99,29 @@ class LayerStatsAccumulator:
 
     @property
     def error_corrected(self) -> bool:
-        return self.C is not None
+        return self.C is not None or self.W_targets is not None
+
+    def sums(self) -> list[torch.Tensor]:
+        """The summed statistics in the accumulation dtype (``c``, float64, is not among them)."""
+        return [t for t in (self.H, self.C, self.D, self.G) if t is not None]
 
     def column_norms(self) -> torch.Tensor:
         """``‖X*_j‖₂`` per input column (Wanda's activation norm), shape ``(d_in,)``."""
         return torch.sqrt(torch.diagonal(self.H).clamp_min(0))
+
+    def for_operator(self, k: int) -> "LayerStatsAccumulator | OperatorStats":
+        """The statistics of the group's operator ``k``: this accumulator itself, or with
+        ``targets`` the operator's rows of ``G`` and ``c``."""
+        if self.W_targets is None:
+            return self
+        start = sum(self.target_rows[:k])
+        return OperatorStats(self, start, start + self.target_rows[k])
+
+    def rows(self, start: int, stop: int) -> "LayerStatsAccumulator":
+        """The statistics of rows ``start:stop`` of a weight: the same (``H, C, D`` hold no rows)."""
+        if self.W_targets is not None:
+            raise ValueError("an accumulator with targets holds rows per operator: use for_operator(k).rows(...)")
+        return self
 
     def to_problem(
         self, W0: Any, lam: Any = 0.0, *, damp: float = 0.0, normalize: bool = True, **kwargs: Any
@@ -86,13 +132,72 @@ class LayerStatsAccumulator:
         the damping); with ``normalize`` every statistic is divided by the token count (a
         per-token objective, so ``λ`` does not depend on the calibration size).
         """
-        if self.n_tokens == 0:
-            raise ValueError("no tokens were accumulated; call add() before to_problem()")
-        scale = 1.0 / self.n_tokens if normalize else 1.0
+        if self.W_targets is not None:
+            raise ValueError("an accumulator with targets makes each operator's problem: use for_operator(k)")
+        scale = self._scale(normalize)
         H = self.H * scale
         C = None if self.C is None else self.C * scale
         D = None if self.D is None else self.D * scale
         return LassoProblem.from_layer_statistics(W0, H, lam, C=C, D=D, damp=damp, **kwargs)
+
+    def _scale(self, normalize: bool) -> float:
+        if self.n_tokens == 0:
+            raise ValueError("no tokens were accumulated; call add() before to_problem()")
+        return 1.0 / self.n_tokens if normalize else 1.0
+
+
+def _same_tokens(X: torch.Tensor, Xs: torch.Tensor) -> None:
+    if Xs.shape[0] != X.shape[0]:
+        raise ValueError(f"X and X_star must hold the same tokens: {X.shape[0]} vs {Xs.shape[0]} rows")
+
+
+def targets_pay(d_in: int, d_outs: Sequence[int]) -> bool:
+    """Whether streaming ``G, c`` from the targets (``2·N·d_in·Σd_out``) is cheaper than ``C, D`` (``2·N·d_in²``)."""
+    return sum(d_outs) < d_in
+
+
+class OperatorStats:
+    """One operator's rows of a :class:`LayerStatsAccumulator` with targets: ``H`` shared, ``G``, ``c`` its own."""
+
+    def __init__(self, acc: LayerStatsAccumulator, start: int, stop: int) -> None:
+        self.acc, self.start, self.stop = acc, start, stop
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.acc.H
+
+    @property
+    def n_tokens(self) -> int:
+        return self.acc.n_tokens
+
+    @property
+    def error_corrected(self) -> bool:
+        return True
+
+    def column_norms(self) -> torch.Tensor:
+        return self.acc.column_norms()
+
+    def rows(self, start: int, stop: int) -> "OperatorStats":
+        """Rows ``start:stop`` of this operator's weight."""
+        if not 0 <= start <= stop <= self.stop - self.start:
+            raise ValueError(f"rows {start}:{stop} outside the operator's {self.stop - self.start} rows")
+        return OperatorStats(self.acc, self.start + start, self.start + stop)
+
+    def to_problem(
+        self, W0: Any, lam: Any = 0.0, *, damp: float = 0.0, normalize: bool = True, **kwargs: Any
+    ) -> LassoProblem:
+        """The layer problem for this operator's dense weight ``W0 (d_out, d_in)`` (as
+        :meth:`LayerStatsAccumulator.to_problem`, with ``G`` and ``c`` from the targets)."""
+        acc = self.acc
+        assert acc.G is not None and acc.c is not None
+        W0 = as_tensor(W0, "W0", dtype=acc.dtype, device=acc.device)
+        if W0.ndim != 2 or W0.shape != (self.stop - self.start, acc.d_in):
+            raise ValueError(f"W0 must have this operator's shape ({self.stop - self.start}, {acc.d_in}), "
+                             f"got {tuple(W0.shape)}")
+        scale = acc._scale(normalize)
+        problem = LassoProblem(H=acc.H * scale, G=acc.G[self.start:self.stop] * scale,
+                               c=(acc.c[self.start:self.stop] * scale).to(acc.dtype), lam=lam, **kwargs)
+        return problem.with_damping(W0, damp) if damp > 0 else problem
 
 
 class DataStatsAccumulator:
