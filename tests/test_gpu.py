@@ -227,3 +227,27 @@ def test_cuda_prune_layer_runs():
     assert res.W.device.type == "cuda"
     assert float((res.W != 0).double().mean()) <= 0.5 + 1e-9
     assert res.rel_error <= float(p.relative_error(ws)) + 1e-9
+
+
+@cuda
+def test_cuda_stepped_forwards_prune_like_recomputed_inputs(monkeypatch):
+    """On CUDA the paused block forwards (threads, per-thread current device) give the masks
+    of recomputing every group's input; the weights agree to float32 rounding."""
+    import fistaopt.llm.streams as streams
+    from fistaopt.llm import prune
+    from fistaopt.llm.model import model_operators
+    from llm_fixtures import calib, tiny_model
+
+    ids = calib(nsamples=4, seqlen=16)
+    weights = {}
+    for stepped in (False, True):
+        if not stepped:
+            monkeypatch.setattr(streams, "stepped_forward_budget", lambda device: 0)
+        else:
+            monkeypatch.undo()
+        model = tiny_model("llama")
+        prune(model, ids, method="fista", sparsity=0.5, batch_size=2, progress=False, device="cuda")
+        weights[stepped] = [op.get_weight().cpu() for gs in model_operators(model) for g in gs for op in g]
+    for a, b in zip(weights[False], weights[True]):
+        assert torch.equal(a != 0, b != 0)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -125,5 +125,5 @@ def test_a_module_never_called_is_named():
 
 def test_held_bytes_counts_tokens_hidden_and_group_widths():
     hidden = [torch.zeros(2, 16, 32), torch.zeros(1, 16, 32)]
-    assert held_bytes(hidden, [32, 64]) == 2 * 48 * (32 + 96) * 4
+    assert held_bytes(hidden, [32, 64]) == 3 * 48 * (32 + 96) * 4
     assert held_bytes([], [32]) == 0

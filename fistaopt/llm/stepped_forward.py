@@ -39,12 +39,14 @@ from fistaopt.llm.capture import BlockCall, StopForward, block_output
 
 
 def held_bytes(hidden: Sequence[torch.Tensor], d_ins: Sequence[int]) -> int:
-    """Estimated bytes the paused forwards of ``hidden`` hold: per token, twice the hidden
-    size plus the groups' input widths (the pause inputs and as much again in intermediates)."""
+    """Estimated bytes the paused forwards of ``hidden`` hold: per token, three times the
+    hidden size plus the groups' input widths (the pause inputs and twice as much again in
+    intermediates).  SmolLM2-135M, 32 × 512 tokens: 755 MB estimated; the peak resident
+    memory of a prune rose by 600 MB against recomputing the inputs."""
     if not hidden:
         return 0
     tokens = sum(h.numel() // h.shape[-1] for h in hidden)
-    return 2 * tokens * (hidden[0].shape[-1] + sum(d_ins)) * hidden[0].element_size()
+    return 3 * tokens * (hidden[0].shape[-1] + sum(d_ins)) * hidden[0].element_size()
 
 
 @dataclass(eq=False)

@@ -47,11 +47,20 @@ def skip_tokens(x: torch.Tensor, k: int) -> torch.Tensor:
 #: ``X`` from ONE forward of the dense copy per batch instead of one per group.
 DENSE_INPUT_CACHE_BYTES = 1 << 30
 
-#: Largest estimated size (:func:`~fistaopt.llm.stepped_forward.held_bytes`) of the pruned
-#: block's paused forwards.  Under it, error correction reads every group's ``X*`` and the
-#: block's output from ONE forward per batch, paused before each group
+#: On the CPU, the largest estimated size (:func:`~fistaopt.llm.stepped_forward.held_bytes`)
+#: of the pruned block's paused forwards.  Under it, error correction reads every group's
+#: ``X*`` and the block's output from ONE forward per batch, paused before each group
 #: (:class:`~fistaopt.llm.stepped_forward.SteppedForwards`); above it, one forward per group.
 STEPPED_FORWARD_BYTES = 4 << 30
+
+
+def stepped_forward_budget(device: torch.device) -> int:
+    """Bytes the paused forwards may hold on ``device``: :data:`STEPPED_FORWARD_BYTES` on the
+    CPU, half the free memory of a CUDA device (their activations live there)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 2
+    return STEPPED_FORWARD_BYTES
 
 
 @dataclass
@@ -129,8 +138,8 @@ class PrunedStream:
 
     def start_pruned_forwards(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
         """With error correction: one forward of the block per batch, paused before each of
-        ``groups``, when it fits :data:`STEPPED_FORWARD_BYTES` (else ``X*`` is recomputed per group)."""
-        if held_bytes(self.hidden, [g.d_in for g in groups]) <= STEPPED_FORWARD_BYTES:
+        ``groups``, when it fits :func:`stepped_forward_budget` (else ``X*`` is recomputed per group)."""
+        if held_bytes(self.hidden, [g.d_in for g in groups]) <= stepped_forward_budget(work.device):
             work.pruned_forwards = SteppedForwards(work.block, [g.operators[0].module for g in groups], work.calls,
                                                    self.hidden, work.device, work.skip)
 
