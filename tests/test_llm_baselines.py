@@ -103,13 +103,13 @@ def test_solver_warm_start_target_least_squares_or_dense():
     acc.add(X, Xs)
     config = PruneConfig.build(None, sparsity=0.5, warm_start="sparsegpt", rounds=0, refit=False,
                                baseline_target="least-squares")
-    damped = acc.to_problem(W0, 0.0, damp=config.damp)
+    damped = acc.to_problem(W0, 0.0, damp=config.damping)
     target = damped.least_squares()
-    expected = bl.sparsegpt(target, acc.H, config.pattern_spec, damp=config.damp)[0]
+    expected = bl.sparsegpt(target, acc.H, config.pattern_spec, damp=config.damping)[0]
     got = prune_weight("fista", W0, acc, config).W
     assert torch.equal(got != 0, expected != 0)
     torch.testing.assert_close(got, expected)
-    dense = bl.sparsegpt(W0, acc.H, config.pattern_spec, damp=config.damp)[0]
+    dense = bl.sparsegpt(W0, acc.H, config.pattern_spec, damp=config.damping)[0]
     assert not torch.equal(expected != 0, dense != 0)
     default = PruneConfig.build(None, sparsity=0.5, warm_start="sparsegpt", rounds=0, refit=False)
     assert default.baseline_target == "dense"

@@ -420,3 +420,17 @@ def test_targets_streamed_for_narrow_outputs_give_the_same_prune(arch, monkeypat
     for a, b in zip(results[False], results[True]):
         assert torch.equal(a != 0, b != 0)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_default_damping_is_the_methods_and_an_explicit_one_is_kept():
+    from fistaopt.llm.config import DEFAULT_DAMP, PruneConfig
+
+    assert PruneConfig().damping == DEFAULT_DAMP["solver"] == 0.1
+    assert PruneConfig(method="sparsegpt").damping == DEFAULT_DAMP["baseline"] == 0.01
+    # the default follows the method, also when the method is changed after construction
+    assert PruneConfig.build(PruneConfig(), method="wanda").damping == 0.01
+    assert PruneConfig.build(PruneConfig(damp=0.3), method="wanda").damping == 0.3
+    assert PruneConfig(damp=0).damping == 0.0
+    assert PruneConfig().settings()["damp"] == 0.1
+    with pytest.raises(ValueError, match="damp must be a number >= 0"):
+        PruneConfig(damp=-0.1)

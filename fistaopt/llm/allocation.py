@@ -376,7 +376,7 @@ def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequen
             for op, acc in ops:
                 if len(slots) % comm.world_size == comm.rank:
                     H = (acc.H / max(acc.n_tokens, 1)).to(torch.float32)
-                    mine[len(slots)] = nonzero_curve(op.get_weight().to(device), H, config.damp)
+                    mine[len(slots)] = nonzero_curve(op.get_weight().to(device), H, config.damping)
                 slots.append(Slot(i, op.name, op.d_out, op.d_in))
         curves = {k: c for part in comm.gather_objects(mine) for k, c in part.items()}
         lam, desired = convex_sparsities([curves[k] for k in range(len(slots))], [s.size for s in slots],

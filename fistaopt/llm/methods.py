@@ -91,7 +91,7 @@ def lam_summary(lam: Any) -> dict[str, float] | None:
 def _baseline(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:
     undamped = stats.to_problem(W0, 0.0)
     target = W0 if method == "magnitude" else _baseline_target(W0, stats, undamped, config)  # magnitude: data-free
-    W = BASELINE_PRUNERS[method](target, stats, config.pattern_spec, config.damp)
+    W = BASELINE_PRUNERS[method](target, stats, config.pattern_spec, config.damping)
     return _with_error(PrunedWeight(W, 0.0), undamped)
 
 
@@ -119,7 +119,7 @@ def _baseline_target(
     if config.baseline_target != "least-squares" or not stats.error_corrected:
         return W0
     try:
-        return undamped.with_damping(W0, config.damp).least_squares().to(W0.dtype)
+        return undamped.with_damping(W0, config.damping).least_squares().to(W0.dtype)
     except ValueError:
         logger.warning("no least-squares target (H not positive definite): warm start from W0")
         return W0
@@ -128,11 +128,11 @@ def _baseline_target(
 def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:
     pattern = config.pattern_spec
     undamped = stats.to_problem(W0, 0.0)
-    problem = undamped.with_damping(W0, config.damp)
+    problem = undamped.with_damping(W0, config.damping)
     warm = None
     if config.warm_start != "none":
         warm = BASELINE_PRUNERS[config.warm_start](_baseline_target(W0, stats, undamped, config), stats, pattern,
-                                                   config.damp)
+                                                   config.damping)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
     return _with_error(PrunedWeight(res.W, 0.0, rel_error_before_rounding=float(res.rel_error_before_rounding),
                                     lam=lam_summary(res.lam), n_iter=int(res.n_iter)), undamped)
