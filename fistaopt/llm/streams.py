@@ -24,7 +24,7 @@ by choosing the class (:func:`make_stream`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -107,11 +107,12 @@ class BlockWork:
                                                                     self.device)))
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
 
-    def pruned_inputs(self, group: OperatorGroup, hidden: Hidden) -> list[torch.Tensor]:
-        """``X*`` of ``group`` for every batch: the next pause of the stepped forwards, or recomputed."""
+    def pruned_inputs(self, group: OperatorGroup, hidden: Hidden) -> Iterator[torch.Tensor]:
+        """``X*`` of ``group`` batch by batch: the next pause of the stepped forwards (held there
+        already), or recomputed one batch at a time (never all batches at once)."""
         if self.pruned_forwards is not None:
-            return self.pruned_forwards.step()
-        return [self.input_of(False, group, b, h) for b, h in enumerate(hidden)]
+            return iter(self.pruned_forwards.step())
+        return (self.input_of(False, group, b, h) for b, h in enumerate(hidden))
 
     def close(self) -> None:
         """End the paused forwards (a block whose output is not needed, or an error)."""
