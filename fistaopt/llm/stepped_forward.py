@@ -75,14 +75,13 @@ class SteppedForwards:
         calls: per batch, the block's call arguments.
         hidden: per batch, the hidden states entering the block (moved to ``device``).
         device: where the block runs.
-        skip: leading positions left out of the returned inputs.
     """
 
     def __init__(self, block: nn.Module, pause_at: Sequence[nn.Module], calls: Sequence[BlockCall],
-                 hidden: Sequence[torch.Tensor], device: torch.device, skip: int = 0) -> None:
+                 hidden: Sequence[torch.Tensor], device: torch.device) -> None:
         if len(calls) != len(hidden):
             raise ValueError(f"one call per batch: {len(calls)} calls for {len(hidden)} batches")
-        self._block, self._device, self._skip = block, device, skip
+        self._block, self._device = block, device
         self._names = [type(m).__name__ for m in pause_at]
         self._index = {id(m): k for k, m in enumerate(pause_at)}
         self._steps = 0
@@ -152,8 +151,7 @@ class SteppedForwards:
             if kind != "pause" or value[0] != k:
                 self.close()
                 raise RuntimeError(f"module {self._names[k]} was not called during the block forward")
-            x = value[1]
-            inputs.append(x[:, self._skip:] if self._skip > 0 and x.ndim >= 3 else x)
+            inputs.append(value[1])
         return inputs
 
     def finish(self) -> list[torch.Tensor]:

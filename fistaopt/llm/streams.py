@@ -111,7 +111,7 @@ class BlockWork:
         """``X*`` of ``group`` batch by batch: the next pause of the stepped forwards (held there
         already), or recomputed one batch at a time (never all batches at once)."""
         if self.pruned_forwards is not None:
-            return iter(self.pruned_forwards.step())
+            return (skip_tokens(x, self.skip) for x in self.pruned_forwards.step())
         return (self.input_of(False, group, b, h) for b, h in enumerate(hidden))
 
     def close(self) -> None:
@@ -142,7 +142,7 @@ class PrunedStream:
         ``groups``, when it fits :func:`stepped_forward_budget` (else ``X*`` is recomputed per group)."""
         if held_bytes(self.hidden, [g.d_in for g in groups]) <= stepped_forward_budget(work.device):
             work.pruned_forwards = SteppedForwards(work.block, [g.operators[0].module for g in groups], work.calls,
-                                                   self.hidden, work.device, work.skip)
+                                                   self.hidden, work.device)
 
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
