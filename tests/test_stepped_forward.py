@@ -127,3 +127,13 @@ def test_held_bytes_counts_tokens_hidden_and_group_widths():
     hidden = [torch.zeros(2, 16, 32), torch.zeros(1, 16, 32)]
     assert held_bytes(hidden, [32, 64]) == 3 * 48 * (32 + 96) * 4
     assert held_bytes([], [32]) == 0
+
+
+def test_cuda_device_without_index_is_the_callers_current(monkeypatch):
+    """``torch.cuda.set_device`` refuses a bare ``cuda``: the forward threads get the caller's index."""
+    from fistaopt.llm.stepped_forward import with_index
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert with_index(torch.device("cuda")) == torch.device("cuda", 3)
+    assert with_index(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert with_index(torch.device("cpu")) == torch.device("cpu")

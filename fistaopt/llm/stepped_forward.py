@@ -66,6 +66,17 @@ class _Forward:
         return self.thread is not None and self.thread.is_alive()
 
 
+def with_index(device: torch.device) -> torch.device:
+    """``device`` with its index: ``cuda`` is the calling thread's current CUDA device.
+
+    The forward threads must run on the device the caller meant, and ``torch.cuda.set_device``
+    refuses a ``cuda`` device without an index.
+    """
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class SteppedForwards:
     """``block(hidden[b], *calls[b])`` for every batch ``b``, paused before each of ``pause_at``.
 
@@ -81,7 +92,7 @@ class SteppedForwards:
                  hidden: Sequence[torch.Tensor], device: torch.device) -> None:
         if len(calls) != len(hidden):
             raise ValueError(f"one call per batch: {len(calls)} calls for {len(hidden)} batches")
-        self._block, self._device = block, device
+        self._block, self._device = block, with_index(device)
         self._names = [type(m).__name__ for m in pause_at]
         self._index = {id(m): k for k, m in enumerate(pause_at)}
         self._steps = 0
@@ -104,7 +115,7 @@ class SteppedForwards:
                 f.report = ("cancelled", None)
                 return
             if self._device.type == "cuda":
-                torch.cuda.set_device(self._device)  # the current device is per thread
+                torch.cuda.set_device(self._device)  # the current device is per thread, the caller's here
             with torch.no_grad():  # grad mode is per thread too
                 out = f.call.run(self._block, f.hidden.to(self._device), self._device)
             f.report = ("done", block_output(out).detach().cpu())
