@@ -20,13 +20,10 @@ One prepared script (≤ 5 minutes on an H200) for the figures issue 5 asks for:
    - on the first shape: per-iteration seconds of a batch of ``--batch-k`` λ candidates
      (one ``(K·d_out) × d_in × d_in`` GEMM) over ``K ×`` the single solve (≈ 1 expected).
 
-2. ``--smollm2`` (placeholder, not run here): the full SmolLM2 prune on GPU is the CLI's
-   job; the command recorded in the JSON is::
+2. The whole-model and 7B-block figures come from ``benchmarks/gpu_checks.sh`` (which also
+   runs this script) and ``benchmarks/gpu_block.py``.
 
-       python -m fistaopt.cli prune --device cuda --sparsity 0.5 --method fista \
-           --out out/smollm2-fista-50-cuda
-
-Usage (the one command for the missing GPU figures)::
+Usage::
 
     python benchmarks/gpu.py                      # → docs/results/gpu-<device-name>.json
     python benchmarks/gpu.py --quick --device cpu # small shapes, runs anywhere (CPU check)
@@ -61,8 +58,6 @@ from fistaopt.solvers.prox import matmul_precision  # noqa: E402
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (5120, 5120), (13824, 5120)]
 QUICK_SHAPES = [(512, 512), (1024, 512), (512, 1024)]
 MODES = ("fp32", "tf32", "bf16")
-SMOLLM2_CMD = ("python -m fistaopt.cli prune --device cuda --sparsity 0.5 --method fista "
-               "--out out/smollm2-fista-50-cuda")
 
 
 class Timer:
@@ -215,8 +210,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=float, default=280.0, help="seconds; later shapes are skipped past it")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--batch-k", type=int, default=4, help="λ candidates of the batched timing (0: skip)")
-    ap.add_argument("--smollm2", action="store_true",
-                    help="placeholder: record the SmolLM2 GPU prune command (not run by this script)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,8 +239,6 @@ def main(argv: list[str] | None = None) -> dict:
     fp32 = [s["modes"]["fp32"]["ratio"] for s in out["shapes"] if "modes" in s]
     out["fp32_ratio_max"] = max(fp32) if fp32 else None
     out["fp32_ratio_target"] = 1.15
-    out["smollm2"] = {"command": SMOLLM2_CMD, "run": False,
-                      "note": "placeholder: run the command on the GPU machine; this script does not prune a model"}
     out["seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(out, indent=1)
     print(text)

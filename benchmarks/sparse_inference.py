@@ -68,6 +68,9 @@ NO_CPU_PATH = (
 
 
 # ---------------------------------------------------------------------- the verdict
+KERNELS = ("auto", "cutlass")
+
+
 def speedup_path(device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
     """Whether 2:4 semi-structured kernels can run here, and the reason in words."""
     if device.type != "cuda":
@@ -114,14 +117,25 @@ def all_two_four(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def to_semi_structured_(model: nn.Module) -> int:
-    """Replace every block linear's weight by a semi-structured sparse tensor (CUDA only)."""
-    from torch.sparse import to_sparse_semi_structured
+def to_semi_structured_(model: nn.Module, kernels: str = "auto") -> str:
+    """Replace every block linear's weight by a semi-structured sparse tensor (CUDA only).
 
-    linears = block_linears(model)
-    for linear in linears:
-        linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach().contiguous()), requires_grad=False)
-    return len(linears)
+    ``kernels``: ``auto`` is PyTorch's choice (cuSPARSELt where it is available), ``cutlass``
+    forces the CUTLASS kernels.  Returns the sparse tensor class used.
+    """
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    saved = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = saved if kernels == "auto" else True
+    try:
+        for linear in block_linears(model):
+            weight = to_sparse_semi_structured(linear.weight.detach().contiguous())
+            linear.weight = nn.Parameter(weight, requires_grad=False)
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = saved
+    return type(weight).__name__
 
 
 # ---------------------------------------------------------------------- checks
@@ -207,7 +221,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         return row
     sparse = build_model(name, dtype, seed=args.seed)
     sparse.load_state_dict(dense.state_dict())
-    to_semi_structured_(sparse.to(device))
+    row["sparse_tensor"] = to_semi_structured_(sparse.to(device), args.kernels)
     check = compare_logits(sparse, dense, ids)
     check["ok"] = check["rel_error"] <= max(2 * row["low_precision_check"]["rel_error"], 1e-3)
     row["sparse_check"] = check
@@ -229,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--models", default=None,
                     help=f"comma-separated, from {', '.join(MODEL_CONFIGS)} (default: smollm2-135m,llama-1b on CUDA, tiny on CPU)")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16")
+    ap.add_argument("--kernels", choices=KERNELS, default="auto",
+                    help="2:4 kernels: PyTorch's choice (cuSPARSELt where available) or CUTLASS")
     ap.add_argument("--batch", type=int, default=None, help="prefill batch (default 4; 1 on CPU)")
     ap.add_argument("--seqlen", type=int, default=None, help="prefill length (default 512; 32 on CPU)")
     ap.add_argument("--tokens", type=int, default=None, help="rows of the linear timings (default 4096; 512 on CPU)")
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if not cpu else (platform.processor() or "cpu"),
         "torch": torch.__version__, "cuda": torch.version.cuda, "dtype": args.dtype, "threads": torch.get_num_threads(),
-        "speedup_path": possible, "reason": reason, "models": [],
+        "speedup_path": possible, "reason": reason, "kernels": args.kernels, "models": [],
     }
     for name in models:
         out["models"].append(bench_model(name, args, device, dtype))
