@@ -3,7 +3,8 @@
 Step 1 (``capture``) runs the default prune of SmolLM2 (or ``--model``) up to the last
 block asked for and saves, for every operator of those blocks, its dense weight ``W0``
 and the streamed statistics it was pruned from (``H = X*ᵀX*``, ``C = XᵀX*``, ``D = XᵀX``,
-the token count), as they were with the default settings (error correction, pruned
+or for an operator with streamed targets its rows of ``G = YᵀX*`` and ``c = ‖Y‖²``; the
+token count), as they were with the default settings (error correction, pruned
 block inputs)::
 
     python benchmarks/layer_variants.py capture --blocks 3 --sparsity 0.5 --out runs/ops50
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 from fistaopt.problems import LayerStatsAccumulator
+from fistaopt.problems.accumulate import OperatorStats
 from fistaopt.study.specs import Spec
 
 
@@ -51,7 +53,11 @@ def capture(args: argparse.Namespace) -> int:
     def recording(comm, W0, stats, config):  # same signature as distributed.prune_weight_sharded
         index, name = next(calls)
         if index in wanted:
-            torch.save({"W0": W0, "H": stats.H, "C": stats.C, "D": stats.D, "n_tokens": stats.n_tokens,
+            if isinstance(stats, OperatorStats):  # streamed targets (down projections): G and c of its rows
+                sums = {"G": stats.acc.G[stats.start:stats.stop], "c": stats.acc.c[stats.start:stats.stop]}
+            else:
+                sums = {"C": stats.C, "D": stats.D}
+            torch.save({"W0": W0, "H": stats.H, **sums, "n_tokens": stats.n_tokens,
                         "block": index, "name": name}, out / f"block{index:02d}.{name}.pt")
         return inner(comm, W0, stats, config)
 
@@ -64,12 +70,18 @@ def capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_operator(path: Path) -> tuple[torch.Tensor, LayerStatsAccumulator, str]:
+def load_operator(path: Path) -> tuple[torch.Tensor, LayerStatsAccumulator | OperatorStats, str]:
     """``(W0, statistics, name)`` of one saved operator."""
     saved = torch.load(path)
-    stats = LayerStatsAccumulator(saved["H"].shape[0], dtype=saved["H"].dtype)
-    stats.H, stats.C, stats.D, stats.n_tokens = saved["H"], saved["C"], saved["D"], saved["n_tokens"]
-    return saved["W0"], stats, f"block{saved['block']:02d}.{saved['name']}"
+    W0, H = saved["W0"], saved["H"]
+    targets = [W0] if "G" in saved else None
+    acc = LayerStatsAccumulator(H.shape[0], dtype=H.dtype, targets=targets)
+    acc.H, acc.n_tokens = H, saved["n_tokens"]
+    if targets is None:
+        acc.C, acc.D = saved["C"], saved["D"]
+    else:
+        acc.G, acc.c = saved["G"], saved["c"]
+    return W0, acc.for_operator(0), f"block{saved['block']:02d}.{saved['name']}"
 
 
 def compare(args: argparse.Namespace) -> int:
