@@ -184,3 +184,28 @@ def test_layer_options_object_and_overrides_agree():
         prune_layer(prob, "unstructured", sparsity=0.5, callback=lambda iteration, W, info: False)
     unpreconditioned = prune_layer(prob, "unstructured", sparsity=0.5, rounds=1, round_iter=5, precondition=False)
     assert not torch.equal(unpreconditioned.W, b.W)  # the solver option changed the solve
+
+
+def test_auto_rounds_by_pattern_and_explicit_rounds_win():
+    from fistaopt.layer.options import auto_rounds
+    from fistaopt.llm.config import PruneConfig
+    from fistaopt.sparsity import parse_pattern
+
+    assert auto_rounds(parse_pattern("unstructured", 0.5)) == 1
+    assert auto_rounds(parse_pattern("unstructured-layer", 0.3)) == 1
+    assert auto_rounds(parse_pattern("unstructured", 0.7)) == 2
+    assert auto_rounds(parse_pattern("2:4")) == 2
+    assert LayerOptions(rounds=3).rounds_for(parse_pattern("unstructured", 0.5)) == 3
+    # the report's settings hold the rounds used, not None
+    assert PruneConfig.build(None, pattern="2:4").settings()["layer"]["rounds"] == 2
+    assert PruneConfig.build(None, sparsity=0.5, rounds=0).settings()["layer"]["rounds"] == 0
+
+
+def test_default_rounds_run_once_at_half_sparsity_twice_above():
+    prob, _, _ = layer_problem(24, 48, seed=3)
+    half = prune_layer(prob, "unstructured", sparsity=0.5, round_iter=5)
+    one = prune_layer(prob, "unstructured", sparsity=0.5, round_iter=5, rounds=1)
+    assert torch.equal(half.W, one.W) and half.n_iter == one.n_iter
+    high = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5)
+    two = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5, rounds=2)
+    assert torch.equal(high.W, two.W) and high.n_iter == two.n_iter

@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=d.pattern, help="unstructured | unstructured-layer | N:M, e.g. 2:4")
     p.add_argument("--method", choices=available_methods(), default=d.method, help="a solver or a baseline")
     p.add_argument("--warm-start", choices=WARM_STARTS, default=d.warm_start,
-                   help="solver start: auto = SparseGPT for unstructured patterns and OPT, Wanda for N:M (measured best)")
+                   help="solver start: auto = SparseGPT (the measured best at 50%% and 2:4)")
     p.add_argument("--block-inputs", choices=BLOCK_INPUT_MODES, default=d.block_inputs,
                    help="hidden states entering each block: pruned (measured best), dense (the paper's), corrected")
     p.add_argument("--no-error-correction", action="store_true", help="statistics of the dense block only (X* = X)")

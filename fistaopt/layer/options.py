@@ -14,7 +14,10 @@ Two kinds of options reach a layer prune:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from fistaopt.sparsity import Pattern
 
 #: Solver options that :func:`~fistaopt.layer.prune_layer` sets itself.
 LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit", "certify")
@@ -34,7 +37,9 @@ class LayerOptions:
 
     Attributes:
         refit: masked least-squares refit of the kept weights after each rounding.
-        rounds: ℓ1 rounds (solve → round → refit), each from the best point so far.
+        rounds: ℓ1 rounds (solve → round → refit), each from the best point so far; None
+            (default): :func:`auto_rounds` for the pattern (1 for unstructured patterns up to
+            50% sparsity, 2 otherwise).
         round_iter: solver iterations per round.
         quantiles: per round, the quantile of the pruned-entry gradient that sets λ_i.
         refit_iter: conjugate-gradient iterations per refit (10: the layer errors of 25 or 50
@@ -46,7 +51,7 @@ class LayerOptions:
     """
 
     refit: bool = True
-    rounds: int = 2
+    rounds: int | None = None
     round_iter: int = 15
     quantiles: tuple[float, ...] = (0.9, 0.6)
     refit_iter: int = 10
@@ -64,6 +69,8 @@ class LayerOptions:
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
         for name in ("rounds", "round_iter", "refit_iter", "search_steps", "search_iter"):
             value = getattr(self, name)
+            if name == "rounds" and value is None:
+                continue
             if not _is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.penalty not in PENALTIES:
@@ -77,9 +84,26 @@ class LayerOptions:
         if not all(0.0 <= q <= 1.0 for q in (*self.xi_grid, *self.quantiles)):
             raise ValueError(f"xi_grid and quantiles must hold values in [0, 1], got {self.xi_grid}, {self.quantiles}")
 
+    def rounds_for(self, pattern: "Pattern") -> int:
+        """The ℓ1 rounds for ``pattern``: :attr:`rounds`, or :func:`auto_rounds` when None."""
+        return auto_rounds(pattern) if self.rounds is None else self.rounds
+
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def auto_rounds(pattern: "Pattern") -> int:
+    """The ℓ1 rounds of ``rounds=None``: 1 for unstructured patterns up to 50% sparsity, else 2.
+
+    Measured on SmolLM2-135M (32 × 512 calibration tokens, damping 0.1, WikiText-2 /
+    held-out perplexity; docs/pruning.md, "One ℓ1 round at 50%"): at 50% one round gave
+    50.82 / 29.90, 49.81 / 29.72 and 52.24 / 30.17 (seeds 0, 1, 2) against two rounds'
+    51.12 / 29.71, 50.64 / 29.57 and 51.62 / 30.09, in 0.8× the prune time; at 70% one
+    round lost (199.68 / 87.28 against 193.50 / 85.63), and at 2:4 too (90.43 / 49.53
+    against 88.78 / 48.41).
+    """
+    return 1 if pattern.kind != "nm" and pattern.sparsity <= 0.5 else 2
 
 
 def check_solver_options(solver: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -222,6 +222,6 @@ def prune_layer(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         run.start(warm_start)
-        for r in range(options.rounds):
+        for r in range(options.rounds_for(pat)):
             run.round(r)
     return run.finish(problem.dtype, started)
