@@ -51,6 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fistaopt as fo  # noqa: E402
+from fistaopt import _io  # noqa: E402
 from fistaopt.layer import prune_layer  # noqa: E402
 from fistaopt.solvers.fista import effective_precision  # noqa: E402
 from fistaopt.solvers.prox import matmul_precision  # noqa: E402
@@ -244,8 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") + ("-quick" if args.quick else "")
     path = Path(args.out or f"docs/results/gpu-{slug}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    _io.write_text(path, text + "\n")
     return out
 
 
