@@ -18,6 +18,7 @@ and the seconds per block docs/scaling.md's time model predicts for the same sha
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -63,8 +64,6 @@ def predicted_block_seconds(d: int, f: int, n_tokens: int, tflops: float, paused
 
 def run_method(model: torch.nn.Module, calib: torch.Tensor, method: str, args: argparse.Namespace) -> dict:
     """Prune a fresh copy of ``model`` with ``method``; seconds, memory and per-operator solve seconds."""
-    import copy
-
     work = copy.deepcopy(model)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
