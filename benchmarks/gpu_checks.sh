@@ -40,11 +40,13 @@ smollm2() {  # fista and SparseGPT at 50% on cuda
     local common=(--device "${GPU_DEVICE:-cuda}" --sparsity 0.5 --nsamples 32 --eval-tokens 32768 --no-progress)
     # shellcheck disable=SC2206  # SMOLLM2_EXTRA: extra CLI arguments, for a quick run of this stage
     common+=(${SMOLLM2_EXTRA:-})
-    rm -rf /tmp/gpu-smollm2 && mkdir -p /tmp/gpu-smollm2
+    local work  # the pruned models (not kept): a fresh folder of this stage's own
+    work=$(mktemp -d)
     for method in fista sparsegpt; do
-        "$py" -m fistaopt.cli prune "$gguf" --method "$method" "${common[@]}" --out /tmp/gpu-smollm2/$method \
-            && cp /tmp/gpu-smollm2/$method/report.json "$out/smollm2-$method-50-cuda.json"
+        "$py" -m fistaopt.cli prune "$gguf" --method "$method" "${common[@]}" --out "$work/$method" \
+            && cp "$work/$method/report.json" "$out/smollm2-$method-50-cuda.json"
     done
+    rm -rf "$work"
 }
 
 export py out

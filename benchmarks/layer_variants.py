@@ -54,7 +54,7 @@ def capture(args: argparse.Namespace) -> int:
         index, name = next(calls)
         if index in wanted:
             if isinstance(stats, OperatorStats):  # streamed targets (down projections): G and c of its rows
-                sums = {"G": stats.acc.G[stats.start:stats.stop], "c": stats.acc.c[stats.start:stats.stop]}
+                sums = {"G": stats.G, "c": stats.c}
             else:
                 sums = {"C": stats.C, "D": stats.D}
             torch.save({"W0": W0, "H": stats.H, **sums, "n_tokens": stats.n_tokens,

@@ -121,7 +121,7 @@ def to_semi_structured_(model: nn.Module, kernels: str = "auto") -> str:
     """Replace every block linear's weight by a semi-structured sparse tensor (CUDA only).
 
     ``kernels``: ``auto`` is PyTorch's choice (cuSPARSELt where it is available), ``cutlass``
-    forces the CUTLASS kernels.  Returns the sparse tensor class used.
+    forces the CUTLASS kernels.  Returns the sparse tensor class(es) used.
     """
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
@@ -129,13 +129,15 @@ def to_semi_structured_(model: nn.Module, kernels: str = "auto") -> str:
         raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     saved = SparseSemiStructuredTensor._FORCE_CUTLASS
     SparseSemiStructuredTensor._FORCE_CUTLASS = saved if kernels == "auto" else True
+    used = set()
     try:
         for linear in block_linears(model):
             weight = to_sparse_semi_structured(linear.weight.detach().contiguous())
             linear.weight = nn.Parameter(weight, requires_grad=False)
+            used.add(type(weight).__name__)
     finally:
         SparseSemiStructuredTensor._FORCE_CUTLASS = saved
-    return type(weight).__name__
+    return ", ".join(sorted(used))
 
 
 # ---------------------------------------------------------------------- checks

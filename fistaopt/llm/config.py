@@ -51,17 +51,13 @@ def _one_of(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def auto_warm_start(pattern: str, model_type: str) -> str:
-    """The warm start ``"auto"`` picks for a solver method: SparseGPT, for every pattern and model.
-
-    Measured on SmolLM2-135M (32 × 512 calibration tokens, WikiText-2 / held-out
-    perplexity, damping 0.1; docs/pruning.md): at 2:4 a SparseGPT start gives 87.25 / 46.31
-    and a Wanda start 88.78 / 48.41 (Wanda won at damping 0.01 in the earlier protocol,
-    99.71 against 102.48); at 50% SparseGPT 55.31, Wanda 56.46 (earlier protocol).  OPT
-    models start from SparseGPT as in the paper.  ``pattern`` and ``model_type`` are kept
-    for the rule to depend on when a measurement says so.
-    """
-    return "sparsegpt"
+#: The warm start ``"auto"`` resolves to for solver methods, at every pattern and on every
+#: model: SparseGPT.  Measured on SmolLM2-135M (32 × 512 calibration tokens, WikiText-2 /
+#: held-out perplexity, damping 0.1; docs/pruning.md): at 2:4 a SparseGPT start gives
+#: 87.25 / 46.31 and a Wanda start 88.78 / 48.41 (Wanda won at damping 0.01 in the earlier
+#: protocol, 99.71 against 102.48); at 50% SparseGPT 55.31, Wanda 56.46 (earlier protocol).
+#: OPT models start from SparseGPT as in the paper.
+AUTO_WARM_START = "sparsegpt"
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ class PruneConfig:
         method: a solver of :func:`fistaopt.solvers.available` (not a verifier) or a
             baseline (``magnitude``, ``wanda``, ``sparsegpt``).
         warm_start: for solvers: ``"auto"`` (resolved by :meth:`for_model` with
-            :func:`auto_warm_start`: SparseGPT, the better start measured on SmolLM2 at 50%
+            :data:`AUTO_WARM_START`: SparseGPT, the better start measured on SmolLM2 at 50%
             and 2:4, see docs/pruning.md), ``"none"`` or a baseline.
         error_correction: ``X*`` from the block with earlier operators pruned (else ``X* = X``).
         baseline_target: with error correction, the dense weight that Wanda and SparseGPT
@@ -253,11 +249,15 @@ class PruneConfig:
         return is_baseline(self.method)
 
     def for_model(self, model_type: str) -> "PruneConfig":
-        """This config with ``warm_start="auto"`` resolved for ``model_type`` (``"none"`` for baselines)."""
+        """This config with ``warm_start="auto"`` resolved for ``model_type`` (``"none"`` for baselines).
+
+        Since issue 11's measurements ``"auto"`` is :data:`AUTO_WARM_START` on every model;
+        ``model_type`` is where a model-dependent rule would read the model.
+        """
         if self.is_baseline:
             return replace(self, warm_start="none")
         if self.warm_start == "auto":
-            return replace(self, warm_start=auto_warm_start(self.pattern, model_type))
+            return replace(self, warm_start=AUTO_WARM_START)
         return self
 
     @property

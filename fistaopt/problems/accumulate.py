@@ -171,6 +171,18 @@ class OperatorStats:
         return self.acc.n_tokens
 
     @property
+    def G(self) -> torch.Tensor:
+        """This operator's rows of ``G = YᵀX*`` ``(d_out, d_in)`` (summed, not normalised)."""
+        assert self.acc.G is not None
+        return self.acc.G[self.start:self.stop]
+
+    @property
+    def c(self) -> torch.Tensor:
+        """This operator's rows of ``c = ‖Y‖²`` ``(d_out,)``, float64 (summed, not normalised)."""
+        assert self.acc.c is not None
+        return self.acc.c[self.start:self.stop]
+
+    @property
     def error_corrected(self) -> bool:
         return True
 
@@ -195,8 +207,7 @@ class OperatorStats:
             raise ValueError(f"W0 must have this operator's shape ({self.stop - self.start}, {acc.d_in}), "
                              f"got {tuple(W0.shape)}")
         scale = acc._scale(normalize)
-        problem = LassoProblem(H=acc.H * scale, G=acc.G[self.start:self.stop] * scale,
-                               c=(acc.c[self.start:self.stop] * scale).to(acc.dtype), lam=lam, **kwargs)
+        problem = LassoProblem(H=acc.H * scale, G=self.G * scale, c=(self.c * scale).to(acc.dtype), lam=lam, **kwargs)
         return problem.with_damping(W0, damp) if damp > 0 else problem
 
 
