@@ -89,6 +89,40 @@ def test_refit_residual_energies_are_the_layer_objective(dtype, iters):
     assert r.iterations <= iters and (r.r2 <= r.start_r2 + tol).all()
 
 
+def test_refit_leaves_its_inputs_alone():
+    """The in-place CG updates work on copies: the start, the mask and the problem are unchanged."""
+    from fistaopt.layer.refit import refit
+
+    prob, W0, X = layer_problem(8, 12, seed=4)
+    plain = prob.with_lam(0.0)
+    mask = project(torch.rand(8, 12, generator=torch.Generator().manual_seed(2)), "unstructured", 0.5)
+    start, H, G = W0.clone(), plain.H.clone(), plain.G.clone()
+    r = refit(plain, mask, start, max_iter=5)
+    assert torch.equal(start, W0) and torch.equal(plain.H, H) and torch.equal(plain.G, G)
+    assert r.W.data_ptr() != start.data_ptr() and (r.W[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.37, 0.5, 0.6, 0.9, 1.0])
+def test_masked_row_quantile_equals_nanquantile(q):
+    """The partial-sort quantile gives torch.nanquantile's numbers exactly: ties, empty rows, one entry."""
+    from fistaopt.layer.lam import masked_row_quantile
+
+    g = torch.Generator().manual_seed(7)
+    for trial in range(40):
+        rows, n = int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        values = torch.randn(rows, n, generator=g)
+        if trial % 3 == 0:
+            values = torch.randint(0, 3, (rows, n), generator=g).float()  # ties
+        where = torch.rand(rows, n, generator=g) < float(torch.rand(1, generator=g))
+        where[0] = False  # an empty row: NaN
+        ref = torch.nanquantile(torch.where(where, values, torch.nan).double(), q, dim=-1)
+        got = masked_row_quantile(values, where, q)
+        assert got.dtype == torch.float64 and torch.isnan(got[0])
+        assert torch.equal(torch.nan_to_num(got, nan=-1.0), torch.nan_to_num(ref, nan=-1.0))
+    with pytest.raises(ValueError, match="q must be in"):
+        masked_row_quantile(values, where, 1.5)
+
+
 def test_error_parts_add_up_over_row_blocks():
     """The distributed prune sums the residual and target energies of its row shares."""
     prob, W0, X = layer_problem(10, 16, seed=2)
@@ -209,3 +243,68 @@ def test_default_rounds_run_once_at_half_sparsity_twice_above():
     high = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5)
     two = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5, rounds=2)
     assert torch.equal(high.W, two.W) and high.n_iter == two.n_iter
+
+
+# ------------------------------------------------------------------ precision of the search
+def test_resolve_precision_auto_by_device_and_dtype(monkeypatch):
+    """``auto``: bf16 for float32 problems on a CPU with native bfloat16 products, IEEE otherwise."""
+    from fistaopt.layer import options
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True}, raising=False)
+    assert options.resolve_precision("auto", "cpu", torch.float32) == "bf16"
+    assert options.resolve_precision("auto", "cpu", torch.float64) == "fp32"  # float64 keeps its precision
+    assert options.resolve_precision("auto", "meta", torch.float32) == "fp32"  # not a CPU: IEEE
+    assert options.resolve_precision("fp32", "cpu", torch.float32) == "fp32"  # explicit wins
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False},
+                        raising=False)
+    assert options.resolve_precision("auto", "cpu", torch.float32) == "fp32"
+    assert options.resolve_precision("bf16", "cpu", torch.float32) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, tf32, bf16"):
+        options.resolve_precision("fp16", "cpu", torch.float32)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LayerOptions(precision="half")
+
+
+def test_bf16_refit_reports_ieee_residuals():
+    """bfloat16 products in the CG steps; the residual energies are recomputed in IEEE float32,
+    so they are the layer objective of the returned weights, and the refit is as good as fp32's."""
+    from fistaopt.layer.refit import refit
+
+    prob, W0, X = layer_problem(32, 64, seed=6)
+    plain = prob.with_lam(0.0).to(dtype=torch.float32)
+    mask = project(torch.rand(32, 64, generator=torch.Generator().manual_seed(3)), "unstructured", 0.5)
+    fp32 = refit(plain, mask, W0.float(), max_iter=10)
+    bf16 = refit(plain, mask, W0.float(), max_iter=10, precision="bf16")
+    exact = prob.with_lam(0.0)
+    assert torch.allclose(bf16.r2, 2 * exact.objective(bf16.W.double(), per_row=True), rtol=1e-4, atol=1e-4 * float(exact.c.max()))
+    assert torch.equal(bf16.start_r2, fp32.start_r2)  # the start's residual is an IEEE product either way
+    assert float(bf16.r2.sum()) <= 1.01 * float(fp32.r2.sum()) and (bf16.W[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("2:4", None), ("unstructured", 0.7)])
+def test_prune_layer_bf16_search_matches_ieee(pattern, sparsity):
+    """The bfloat16 search ends on the exact pattern within 2% of the IEEE search's layer error and says
+    which precision it used; the precision is the layer's, not a solver option."""
+    from fistaopt.layer.options import check_solver_options
+
+    prob, W0, X = layer_problem(48, 64, seed=2)
+    prob32 = prob.to(dtype=torch.float32)
+    ieee = prune_layer(prob32, pattern, sparsity=sparsity, precision="fp32")
+    low = prune_layer(prob32, pattern, sparsity=sparsity, precision="bf16")
+    assert ieee.info["precision"] == "fp32" and low.info["precision"] == "bf16"
+    assert satisfies(low.mask, parse_pattern(pattern, sparsity)) and ((low.W != 0) <= low.mask).all()
+    assert low.rel_error <= 1.02 * ieee.rel_error
+    with pytest.raises(ValueError, match="precision: a layer option"):
+        check_solver_options("fista", {"precision": "bf16"})
+
+
+def test_config_resolves_auto_precision_for_the_device():
+    from fistaopt.layer.options import resolve_precision
+    from fistaopt.llm.config import PruneConfig
+
+    config = PruneConfig.build(None, sparsity=0.5)
+    assert config.layer.precision == "auto"
+    assert config.for_device("cpu").layer.precision == resolve_precision("auto", "cpu", torch.float32)
+    assert PruneConfig.build(None, stats_dtype="float64").for_device("cpu").layer.precision == "fp32"
+    assert PruneConfig.build(None, precision="fp32").for_device("cpu").layer.precision == "fp32"
+    assert PruneConfig.build(None, method="sparsegpt").for_device("cpu").layer.precision == "auto"  # unused

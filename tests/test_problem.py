@@ -395,6 +395,26 @@ def test_with_damping_equals_damped_statistics():
         again.with_damping(W0, -1.0)
 
 
+def test_diagonal_ridge_pulls_every_column_by_its_own_curvature():
+    """``ridge="diagonal"``: the objective gains ``½ Σ_j damp·H_jj ‖W_:j − W₀_:j‖²``, for any W."""
+    g = torch.Generator().manual_seed(2)
+    Xs = torch.randn(64, 12, generator=g, dtype=torch.float64) * torch.logspace(-1, 1, 12, dtype=torch.float64)
+    W0, W = torch.randn(5, 12, generator=g, dtype=torch.float64), torch.randn(5, 12, generator=g, dtype=torch.float64)
+    plain = LassoProblem.from_layer_statistics(W0, Xs.T @ Xs)
+    diag = plain.with_damping(W0, 0.3, ridge="diagonal")
+    ridge = 0.5 * (0.3 * torch.diagonal(plain.H) * (W - W0) ** 2).sum(-1)
+    torch.testing.assert_close(diag.objective(W, per_row=True), plain.objective(W, per_row=True) + ridge)
+    torch.testing.assert_close(diag.H - plain.H, torch.diag(0.3 * torch.diagonal(plain.H)))
+    assert plain.with_damping(W0, 0.3, ridge="mean").objective(W) != diag.objective(W)
+    with pytest.raises(ValueError, match="ridge must be one of mean, diagonal"):
+        plain.with_damping(W0, 0.3, ridge="row")
+    from fistaopt.llm.config import PruneConfig
+
+    assert PruneConfig(ridge="diagonal").settings()["ridge"] == "diagonal"
+    with pytest.raises(ValueError, match="ridge must be one of"):
+        PruneConfig(ridge="identity")
+
+
 def test_least_squares_is_the_error_corrected_dense_optimum():
     """``least_squares`` minimises ‖X*Wᵀ − XW₀ᵀ‖² (+ ridge); it is W₀ when X* = X."""
     g = torch.Generator().manual_seed(1)

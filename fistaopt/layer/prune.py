@@ -29,10 +29,10 @@ from typing import Any, Mapping
 import torch
 
 from fistaopt.layer.lam import quantile_round, rounding_scores, search_lam, xi_round
-from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.layer.options import LayerOptions, check_solver_options, resolve_precision
 from fistaopt.layer.refit import refit
 from fistaopt.problems.lasso import LassoProblem
-from fistaopt.solvers import ConvergenceWarning
+from fistaopt.solvers import ConvergenceWarning, solver_class
 from fistaopt.sparsity import Pattern, parse_pattern, project, satisfies
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,13 @@ class _LayerPrune:
             work = work.with_penalty_weights(torch.sqrt(torch.diagonal(work.H)).clamp_min(1e-12))
         self.work = work  # the penalised problem the ℓ1 solver sees
         self.plain = work.with_lam(0.0).with_penalty_weights(None)  # the layer objective alone
+        # one precision for the search's products: the solver's (where it has the option) and the refits'
+        self.precision = resolve_precision(options.precision, work.device, solver_options.get("dtype") or work.dtype)
+        if "precision" in solver_class(solver).option_names():
+            solver_options = {**solver_options, "precision": self.precision}
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
         self.n_iter = self.cg_iter = 0
-        self.info: dict[str, Any] = {}
+        self.info: dict[str, Any] = {"precision": self.precision}
         # the first ℓ1 solution (its error is computed at the end) and the per-row objective
         # of its rounding (None: the start was on the pattern already)
         self.unrounded: torch.Tensor | None = None
@@ -98,7 +102,7 @@ class _LayerPrune:
         if not self.options.refit:
             obj = self.plain.objective(W, per_row=True)
             return W, obj, obj
-        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter)
+        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter, precision=self.precision)
         self.cg_iter += r.iterations
         return r.W, 0.5 * r.start_r2, 0.5 * r.r2
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from fistaopt.problems.lasso import LassoProblem
+from fistaopt.solvers.fista import effective_precision
+from fistaopt.solvers.prox import matmul_precision
 
 
 @dataclass
@@ -37,6 +39,11 @@ def _row_r2(problem: LassoProblem, W: torch.Tensor, R: torch.Tensor) -> torch.Te
     return r2.clamp_min(0)
 
 
+def _row_dot(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Per-row ``⟨aᵢ, bᵢ⟩`` of ``A, B (..., d_out, d_in)`` as ``(..., d_out, 1)``, without a temporary product."""
+    return torch.linalg.vecdot(A, B).unsqueeze(-1)
+
+
 def refit(
     problem: LassoProblem,
     mask: torch.Tensor,
@@ -44,6 +51,7 @@ def refit(
     *,
     max_iter: int = 100,
     tol: float = 1e-6,
+    precision: str = "fp32",
 ) -> Refit:
     """Masked least squares ``min ½ tr(W H Wᵀ) − ⟨G, W⟩``, ``W = 0`` off ``mask``.
 
@@ -54,37 +62,51 @@ def refit(
     norm is below ``tol`` times its initial value.  The residual energies of the start
     and of the result come from the CG residuals (no extra product with ``H``): they
     are the layer objective ``2 × P(W)`` of ``problem`` with ``λ = 0``, per row.
+
+    ``precision`` (``fp32``/``tf32``/``bf16``, as the solvers' option) sets the precision
+    of the products ``P H`` of the iterations; when it is not IEEE, the residual of the
+    result is recomputed with one IEEE product, so ``r2`` is as accurate as with ``fp32``.
     """
     H, G = problem.H, problem.G
     dtype = H.dtype
+    exact = effective_precision(precision, H.device, dtype) in ("fp32", "fp64")
+    H_bf16 = H.to(torch.bfloat16) if precision == "bf16" else None
     M = mask.to(dtype)
     tiny = torch.finfo(dtype).tiny
     Minv = (1.0 / torch.diagonal(H).clamp_min(tiny))[None, :]
     X = (W_init.to(dtype) if W_init is not None else torch.zeros_like(G)) * M
-    R = (G - X @ H) * M
+    R = torch.addmm(G, X, H, alpha=-1.0).mul_(M)  # (G − XH)⊙M
     start_r2 = _row_r2(problem, X, R)
     Z = R * Minv
     P = Z.clone()
-    rz = (R * Z).sum(-1, keepdim=True)
+    AP = torch.empty_like(P)
+    rz = _row_dot(R, Z)
     r0 = rz.clamp_min(0).sqrt()
     k = 0
     rel = 0.0
-    for k in range(1, max_iter + 1):
-        AP = (P @ H) * M
-        pAp = (P * AP).sum(-1, keepdim=True)
-        alpha = torch.where(pAp > 0, rz / pAp.clamp_min(tiny), torch.zeros_like(pAp))
-        X = X + alpha * P
-        R = R - alpha * AP
-        Z = R * Minv
-        rz_new = (R * Z).sum(-1, keepdim=True)
-        rel_rows = rz_new.clamp_min(0).sqrt() / r0.clamp_min(tiny)
-        rel = float(rel_rows.max()) if rel_rows.numel() else 0.0
-        if rel <= tol:
-            break
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
-        P = Z + beta * P
-        rz = rz_new
-    X = X * M
+    # every update in place: one GEMM and seven element-wise passes per iteration
+    with matmul_precision(precision, H.device):
+        for k in range(1, max_iter + 1):
+            if H_bf16 is not None:
+                AP.copy_(P.to(torch.bfloat16) @ H_bf16).mul_(M)
+            else:
+                torch.mm(P, H, out=AP).mul_(M)
+            pAp = _row_dot(P, AP)
+            alpha = torch.where(pAp > 0, rz / pAp.clamp_min(tiny), torch.zeros_like(pAp))
+            X.addcmul_(alpha, P)
+            R.addcmul_(alpha, AP, value=-1.0)
+            torch.mul(R, Minv, out=Z)
+            rz_new = _row_dot(R, Z)
+            rel_rows = rz_new.clamp_min(0).sqrt() / r0.clamp_min(tiny)
+            rel = float(rel_rows.max()) if rel_rows.numel() else 0.0
+            if rel <= tol:
+                break
+            beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
+            torch.addcmul(Z, beta, P, out=P)
+            rz = rz_new
+    X.mul_(M)
+    if not exact and k > 0:  # the recursive residual carries the products' rounding
+        R = torch.addmm(G, X, H, alpha=-1.0).mul_(M)
     return Refit(W=X, iterations=k, residual=rel, start_r2=start_r2, r2=_row_r2(problem, X, R))
 
 

@@ -92,8 +92,9 @@ def prune_block(
 
 def _save_problem(stats: Any, W0: torch.Tensor, index: int, name: str, shape: Any, config: PruneConfig) -> None:
     folder = Path(str(config.save_problems))
-    stats.to_problem(W0, 0.0, damp=config.damping).save(
-        folder / f"block{index:02d}.{name}.pt", block=index, operator=name, shape=list(shape), damp=config.damping)
+    stats.to_problem(W0, 0.0).with_damping(W0, config.damping, config.ridge).save(
+        folder / f"block{index:02d}.{name}.pt", block=index, operator=name, shape=list(shape), damp=config.damping,
+        ridge=config.ridge)
 
 
 def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,

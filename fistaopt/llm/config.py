@@ -22,11 +22,12 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.layer.options import LayerOptions, check_solver_options, resolve_precision
 from fistaopt.llm.allocation import ALLOCATIONS
 from fistaopt.llm.data import BOS_CHOICES
 from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
 from fistaopt.llm.streams import BLOCK_INPUT_MODES
+from fistaopt.problems.lasso import RIDGES
 from fistaopt.sparsity import Pattern, parse_pattern
 
 WARM_STARTS = ("auto", "none", *BASELINES)
@@ -84,6 +85,11 @@ class PruneConfig:
             baselines, SparseGPT's own; 0.1 for solvers, where the ridge toward ``W₀``
             generalises better than fitting the calibration set more closely).  The value
             used is :attr:`damping`.
+        ridge: how the damping spreads over the input channels (solver methods):
+            ``"mean"`` (``δ = damp · mean(diag H)`` on every column, SparseGPT's; default) or
+            ``"diagonal"`` (``δ_j = damp · H_jj``, the same relative pull on every channel;
+            :meth:`fistaopt.problems.LassoProblem.with_damping`).  SparseGPT, alone or as a
+            warm start, always damps its own way.
         batch_size: calibration sequences per forward.
         skip_tokens: leading positions of every sequence left out of the statistics.
         stats_dtype: ``"float32"`` or ``"float64"`` accumulation of ``H, G, c``.
@@ -110,6 +116,7 @@ class PruneConfig:
     baseline_target: str = "dense"
     block_inputs: str = "pruned"
     damp: float | None = None
+    ridge: str = "mean"
     batch_size: int = 8
     skip_tokens: int = 0
     stats_dtype: str = "float32"
@@ -144,6 +151,7 @@ class PruneConfig:
             if isinstance(self.damp, bool) or not isinstance(self.damp, (int, float)) or not self.damp >= 0:
                 raise ValueError(f"damp must be a number >= 0 (or None: the method's default), got {self.damp!r}")
             set_(self, "damp", float(self.damp))
+        _one_of("ridge", self.ridge, RIDGES)
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not _is_int(self.skip_tokens) or self.skip_tokens < 0:
@@ -259,6 +267,18 @@ class PruneConfig:
         if self.warm_start == "auto":
             return replace(self, warm_start=AUTO_WARM_START)
         return self
+
+    def for_device(self, device: torch.device | str) -> "PruneConfig":
+        """This config with the layer's ``precision="auto"`` resolved for the device the
+        layer problems are solved on (the solver's ``device`` option, else ``device``) and
+        their dtype (the solver's ``dtype``, else :attr:`stats_dtype`); see
+        :func:`fistaopt.layer.options.resolve_precision`.  Baselines are returned as they are.
+        """
+        if self.is_baseline or self.layer.precision != "auto":
+            return self
+        where = self.solver_options.get("device") or device
+        dtype = self.solver_options.get("dtype") or STATS_DTYPES[self.stats_dtype]
+        return replace(self, layer=replace(self.layer, precision=resolve_precision("auto", where, dtype)))
 
     @property
     def damping(self) -> float:

@@ -119,7 +119,7 @@ def _baseline_target(
     if config.baseline_target != "least-squares" or not stats.error_corrected:
         return W0
     try:
-        return undamped.with_damping(W0, config.damping).least_squares().to(W0.dtype)
+        return undamped.with_damping(W0, config.damping, config.ridge).least_squares().to(W0.dtype)
     except ValueError:
         logger.warning("no least-squares target (H not positive definite): warm start from W0")
         return W0
@@ -128,7 +128,7 @@ def _baseline_target(
 def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:
     pattern = config.pattern_spec
     undamped = stats.to_problem(W0, 0.0)
-    problem = undamped.with_damping(W0, config.damping)
+    problem = undamped.with_damping(W0, config.damping, config.ridge)
     warm = None
     if config.warm_start != "none":
         warm = BASELINE_PRUNERS[config.warm_start](_baseline_target(W0, stats, undamped, config), stats, pattern,

@@ -50,6 +50,9 @@ LANCZOS_MIN_DIM = 128
 #: Lanczos steps, and the residual (relative to the eigenvalue) under which it is accepted.
 LANCZOS_STEPS = 32
 LANCZOS_TOL = 1e-7
+#: The ridges :meth:`LassoProblem.with_damping` adds toward ``W₀``: ``δ = damp · mean(diag H)``
+#: for every column (SparseGPT's) or ``δ_j = damp · H_jj`` per column.
+RIDGES = ("mean", "diagonal")
 
 
 def lanczos_top_eigenvalue(H: torch.Tensor, steps: int = LANCZOS_STEPS) -> tuple[float, float]:
@@ -260,25 +263,31 @@ class LassoProblem:
             raise ValueError("H is not positive definite (dead inputs without damping?): no unique least-squares W")
         return torch.cholesky_solve(self.G.to(torch.float64).T, L).T.to(self.dtype)
 
-    def with_damping(self, W0: Any, damp: float) -> "LassoProblem":
-        """This problem plus the ridge ``½δ‖W − W₀‖²``, ``δ = damp · mean(diag H)``.
+    def with_damping(self, W0: Any, damp: float, ridge: str = "mean") -> "LassoProblem":
+        """This problem plus the ridge ``½ Σ_j δ_j ‖W_:j − W₀_:j‖²`` toward ``W0 (d_out, d_in)``.
 
-        ``H += δI``, ``G += δW₀``, ``c += δ‖w₀ᵢ‖²`` (``W0 (d_out, d_in)``); see
+        ``ridge="mean"``: ``δ_j = damp · mean(diag H)`` for every column (SparseGPT's
+        damping).  ``ridge="diagonal"``: ``δ_j = damp · H_jj``, the same relative pull on
+        every input channel, outlier channels included (scale-free per column).
+        ``H += diag(δ)``, ``G += W₀ diag(δ)``, ``c_i += Σ_j δ_j W₀_ij²``; see
         :meth:`from_layer_statistics`.
         """
         if damp < 0:
             raise ValueError(f"damp must be >= 0, got {damp}")
+        if ridge not in RIDGES:
+            raise ValueError(f"ridge must be one of {', '.join(RIDGES)}; got {ridge!r}")
         W0 = self.check_W(W0, "W0")
         if damp == 0:
             return self
         H = self.H
-        delta = damp * torch.diagonal(H).mean()
-        return self._replace(
-            H=H + delta * torch.eye(self.d_in, dtype=H.dtype, device=H.device),
-            G=self.G + delta * W0,
-            c=self.c + delta * (W0 * W0).sum(-1),
-            _h_cache={"lipschitz": [], "jacobi": []},
-        )
+        if ridge == "diagonal":
+            delta = damp * torch.diagonal(H).clamp_min(0)
+            H, G, c = H + torch.diag(delta), self.G + W0 * delta[None, :], self.c + (W0 * W0 * delta[None, :]).sum(-1)
+        else:
+            mean = damp * torch.diagonal(H).mean()
+            H = H + mean * torch.eye(self.d_in, dtype=H.dtype, device=H.device)
+            G, c = self.G + mean * W0, self.c + mean * (W0 * W0).sum(-1)
+        return self._replace(H=H, G=G, c=c, _h_cache={"lipschitz": [], "jacobi": []})
 
     # ------------------------------------------------------------------ validation
     def _check_lam(self, lam: Any) -> torch.Tensor:

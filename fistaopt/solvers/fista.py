@@ -42,9 +42,10 @@ class FISTA(Solver):
         precision: ``fp32`` (IEEE, default), ``tf32`` (CUDA tensor cores; on CPU or with
             float64 iterates it has no effect: the GEMM stays IEEE, a
             :class:`~fistaopt.solvers.prox.PrecisionWarning` says so) or ``bf16`` (the
-            GEMM in bfloat16, float32 accumulation; runs on CPU too, slowly).  Set inside
-            the solve and restored afterwards, also on error.  The certificate is always
-            float64.  ``SolveResult.options["effective_precision"]`` records what ran
+            GEMM in bfloat16, float32 accumulation; on a CPU too, fast with AVX512-BF16 or
+            AMX, slow without).  Set inside the solve and restored afterwards, also on
+            error.  The certificate is always float64.
+            ``SolveResult.options["effective_precision"]`` records what ran
             (``fp64``/``fp32``/``tf32``/``bf16``).  Accuracy bounds: docs/gpu.md.
     """
 
@@ -65,7 +66,7 @@ class FISTA(Solver):
 
         ``tf32`` takes effect only on CUDA with float32 iterates; elsewhere it runs IEEE
         (``fp32``/``fp64``) and the solve warns with :class:`PrecisionWarning`.  ``bf16``
-        runs everywhere (on CPU slowly, with the same code).
+        runs everywhere (with the same code; on a CPU fast only with native bfloat16 products).
         """
         return effective_precision(self.precision, device, dtype)
 
