@@ -58,6 +58,7 @@ def _one_line_error(capsys, rc, pattern):
         (["prune", "--out", "x", "--pattern", "3:2"], "3:2"),
         (["prune", "--out", "x", "--warm-start", "obs"], "invalid choice"),
         (["prune", "--out", "x", "--save-dtype", "int8"], "argument --save-dtype: invalid choice: 'int8'"),
+        (["prune", "--out", "x", "--precision", "half"], "argument --precision: invalid choice: 'half'"),
         (["prune", "--out", "x", "--blocks", "a-b"], "expected block indices"),
         (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "no such model folder or file: /no/such/model"),
         (["prune", "no-such-hub-id", "--out", "x", "--eval-tokens", "0"], "hub id needs network access"),
@@ -148,6 +149,20 @@ def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["settings"]["method"] == "magnitude"
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "eval.txt", "out"]
+
+
+def test_prune_precision_is_resolved_and_recorded(tiny_folder, tmp_path, capsys):
+    """``--precision`` reaches the layer prune; the report records what ``auto`` resolved to on this CPU."""
+    from fistaopt.layer.options import resolve_precision
+
+    calib = write_text(tmp_path / "calib.txt")
+    base = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--blocks", "0",
+            "--calib", str(calib), "--eval-tokens", "0", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*base, "--precision", "fp32", "--out", str(tmp_path / "ieee")]) == 0
+    auto = json.loads((tmp_path / "auto" / "report.json").read_text())["settings"]["layer"]["precision"]
+    ieee = json.loads((tmp_path / "ieee" / "report.json").read_text())["settings"]["layer"]["precision"]
+    assert auto == resolve_precision("auto", "cpu", torch.float32) and ieee == "fp32"
 
 
 def test_help_version_and_plain_command(capsys):

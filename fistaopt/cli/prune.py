@@ -37,6 +37,7 @@ EPILOG = """examples:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
+    from fistaopt.layer.options import LAYER_PRECISIONS
     from fistaopt.llm.config import ALLOCATIONS, WARM_STARTS, PruneConfig
     from fistaopt.llm.loading import SAVE_DTYPES
     from fistaopt.llm.methods import available_methods
@@ -57,6 +58,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--block-inputs", choices=BLOCK_INPUT_MODES, default=d.block_inputs,
                    help="hidden states entering each block: pruned (measured best), dense (the paper's), corrected")
     p.add_argument("--no-error-correction", action="store_true", help="statistics of the dense block only (X* = X)")
+    p.add_argument("--precision", choices=LAYER_PRECISIONS, default=d.layer.precision,
+                   help="products of the solver and refit iterations (solver methods): auto = bf16 on a CPU with "
+                        "native bfloat16 (AVX512-BF16/AMX), else IEEE fp32; the errors compared are IEEE either way")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=d.allocation,
                    help="sparsity per operator (unstructured only): uniform, owl (per block, from outlier ratios) or "
                         "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly")
@@ -109,6 +113,7 @@ class PrunePlan:
 
 def plan(args: argparse.Namespace) -> PrunePlan:
     """Check every argument before anything expensive; raise :class:`UsageError` on the first problem."""
+    from fistaopt.layer.options import LayerOptions
     from fistaopt.llm.config import PruneConfig
 
     try:
@@ -116,7 +121,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              warm_start=args.warm_start, error_correction=not args.no_error_correction,
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
-                             max_deviation=args.max_deviation)
+                             max_deviation=args.max_deviation, layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None
     eval_seqlen = args.eval_seqlen or args.seqlen
