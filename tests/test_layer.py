@@ -246,28 +246,9 @@ def test_default_rounds_run_once_at_half_sparsity_twice_above():
 
 
 # ------------------------------------------------------------------ precision of the search
-def test_resolve_precision_auto_by_device_and_dtype(monkeypatch):
-    """``auto``: bf16 for float32 problems on a CPU with native bfloat16 products, IEEE otherwise."""
-    from fistaopt.layer import options
-
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True}, raising=False)
-    assert options.resolve_precision("auto", "cpu", torch.float32) == "bf16"
-    assert options.resolve_precision("auto", "cpu", torch.float64) == "fp32"  # float64 keeps its precision
-    assert options.resolve_precision("auto", "meta", torch.float32) == "fp32"  # not a CPU: IEEE
-    assert options.resolve_precision("fp32", "cpu", torch.float32) == "fp32"  # explicit wins
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False},
-                        raising=False)
-    assert options.resolve_precision("auto", "cpu", torch.float32) == "fp32"
-    assert options.resolve_precision("bf16", "cpu", torch.float32) == "bf16"
-    with pytest.raises(ValueError, match="precision must be one of auto, fp32, tf32, bf16"):
-        options.resolve_precision("fp16", "cpu", torch.float32)
-    with pytest.raises(ValueError, match="precision must be one of"):
-        LayerOptions(precision="half")
-
-
 def test_bf16_refit_reports_ieee_residuals():
-    """bfloat16 products in the CG steps; the residual energies are recomputed in IEEE float32,
-    so they are the layer objective of the returned weights, and the refit is as good as fp32's."""
+    """bfloat16 products in the CG steps; the result's residual energies come from a float64
+    product, so they are the layer objective of the returned weights, and the refit is as good as fp32's."""
     from fistaopt.layer.refit import refit
 
     prob, W0, X = layer_problem(32, 64, seed=6)
@@ -275,8 +256,8 @@ def test_bf16_refit_reports_ieee_residuals():
     mask = project(torch.rand(32, 64, generator=torch.Generator().manual_seed(3)), "unstructured", 0.5)
     fp32 = refit(plain, mask, W0.float(), max_iter=10)
     bf16 = refit(plain, mask, W0.float(), max_iter=10, precision="bf16")
-    exact = prob.with_lam(0.0)
-    assert torch.allclose(bf16.r2, 2 * exact.objective(bf16.W.double(), per_row=True), rtol=1e-4, atol=1e-4 * float(exact.c.max()))
+    exact = fo.LassoProblem(plain.H.double(), plain.G.double(), plain.c.double())  # plain's numbers in float64
+    torch.testing.assert_close(bf16.r2, 2 * exact.objective(bf16.W.double(), per_row=True), rtol=1e-10, atol=0)
     assert torch.equal(bf16.start_r2, fp32.start_r2)  # the start's residual is an IEEE product either way
     assert float(bf16.r2.sum()) <= 1.01 * float(fp32.r2.sum()) and (bf16.W[~mask] == 0).all()
 
@@ -298,13 +279,10 @@ def test_prune_layer_bf16_search_matches_ieee(pattern, sparsity):
         check_solver_options("fista", {"precision": "bf16"})
 
 
-def test_config_resolves_auto_precision_for_the_device():
-    from fistaopt.layer.options import resolve_precision
+def test_precision_defaults_to_ieee_and_is_checked():
     from fistaopt.llm.config import PruneConfig
 
-    config = PruneConfig.build(None, sparsity=0.5)
-    assert config.layer.precision == "auto"
-    assert config.for_device("cpu").layer.precision == resolve_precision("auto", "cpu", torch.float32)
-    assert PruneConfig.build(None, stats_dtype="float64").for_device("cpu").layer.precision == "fp32"
-    assert PruneConfig.build(None, precision="fp32").for_device("cpu").layer.precision == "fp32"
-    assert PruneConfig.build(None, method="sparsegpt").for_device("cpu").layer.precision == "auto"  # unused
+    assert LayerOptions().precision == "fp32" and PruneConfig().settings()["layer"]["precision"] == "fp32"
+    assert PruneConfig.build(None, precision="bf16").layer.precision == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16"):
+        LayerOptions(precision="auto")

@@ -151,18 +151,16 @@ def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "eval.txt", "out"]
 
 
-def test_prune_precision_is_resolved_and_recorded(tiny_folder, tmp_path, capsys):
-    """``--precision`` reaches the layer prune; the report records what ``auto`` resolved to on this CPU."""
-    from fistaopt.layer.options import resolve_precision
-
+def test_prune_precision_reaches_the_report(tiny_folder, tmp_path, capsys):
+    """``--precision`` reaches the layer prune and the report; the default is IEEE fp32."""
     calib = write_text(tmp_path / "calib.txt")
     base = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--blocks", "0",
             "--calib", str(calib), "--eval-tokens", "0", "--no-progress"]
-    assert main([*base, "--out", str(tmp_path / "auto")]) == 0
-    assert main([*base, "--precision", "fp32", "--out", str(tmp_path / "ieee")]) == 0
-    auto = json.loads((tmp_path / "auto" / "report.json").read_text())["settings"]["layer"]["precision"]
-    ieee = json.loads((tmp_path / "ieee" / "report.json").read_text())["settings"]["layer"]["precision"]
-    assert auto == resolve_precision("auto", "cpu", torch.float32) and ieee == "fp32"
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    assert main([*base, "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    default = json.loads((tmp_path / "default" / "report.json").read_text())["settings"]["layer"]["precision"]
+    low = json.loads((tmp_path / "bf16" / "report.json").read_text())["settings"]["layer"]["precision"]
+    assert default == "fp32" and low == "bf16"
 
 
 def test_help_version_and_plain_command(capsys):

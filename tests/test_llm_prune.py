@@ -432,5 +432,14 @@ def test_default_damping_is_the_methods_and_an_explicit_one_is_kept():
     assert PruneConfig.build(PruneConfig(damp=0.3), method="wanda").damping == 0.3
     assert PruneConfig(damp=0).damping == 0.0
     assert PruneConfig().settings()["damp"] == 0.1
+    # solvers: lighter above 50% unstructured; N:M and 50% keep 0.1; an explicit damp wins
+    assert PruneConfig(sparsity=0.7).damping == DEFAULT_DAMP["solver_sparse"] == 0.03
+    assert PruneConfig(sparsity=0.7, pattern="unstructured-layer").settings()["damp"] == 0.03
+    assert PruneConfig(pattern="2:4").damping == PruneConfig(sparsity=0.5).damping == 0.1
+    assert PruneConfig(sparsity=0.7, damp=0.1).damping == 0.1
+    assert PruneConfig(sparsity=0.7, method="sparsegpt").damping == 0.01
+    # an allocated operator keeps the model's damping, on either side of 50%
+    assert PruneConfig(sparsity=0.5, allocation="owl").for_operator(0.56).damping == 0.1
+    assert PruneConfig(sparsity=0.7, allocation="owl").for_operator(0.45).damping == 0.03
     with pytest.raises(ValueError, match="damp must be a number >= 0"):
         PruneConfig(damp=-0.1)

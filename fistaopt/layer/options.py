@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-
 if TYPE_CHECKING:
     from fistaopt.sparsity import Pattern
 
@@ -25,8 +23,8 @@ if TYPE_CHECKING:
 LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit", "certify")
 PENALTIES = ("l1", "scaled")
 LAM_RULES = ("quantile", "xi")
-#: :attr:`LayerOptions.precision` choices: ``auto`` or one of the solvers' ``PRECISIONS``.
-LAYER_PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+#: :attr:`LayerOptions.precision` choices: the solvers' ``PRECISIONS``.
+LAYER_PRECISIONS = ("fp32", "tf32", "bf16")
 #: Solvers that certify but are too slow to prune (verifiers).
 VERIFIERS = ("cvxpy",)
 
@@ -53,12 +51,12 @@ class LayerOptions:
         lam_rule: ``"quantile"`` or ``"xi"`` (the paper's rounding-error criterion).
         xi, xi_grid: the ``xi`` rule's target ratio and candidate quantiles.
         precision: the products of the search: the ℓ1 solver's iterations (its
-            ``precision`` option) and the refit's
-            conjugate-gradient steps.  ``"fp32"`` (IEEE, of the problem's dtype), ``"tf32"``
-            (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or ``"auto"``
-            (default): :func:`resolve_precision`.  It is the solver's ``precision`` too,
-            so it is not a solver option here.  The candidates are always compared on
-            residuals recomputed in IEEE precision, and the reported errors are float64.
+            ``precision`` option, so it is not a solver option here) and the refit's
+            conjugate-gradient steps.  ``"fp32"`` (IEEE, of the problem's dtype; default),
+            ``"tf32"`` (CUDA) or ``"bf16"`` (bfloat16 products, float32 accumulation: about
+            twice as fast on CPUs with AVX512-BF16 or AMX, but it wrecked one SmolLM2 prune,
+            docs/pruning.md "Speed, fourth pass": experimental).  The candidates are compared
+            on residuals recomputed in IEEE precision, and the reported errors are float64.
     """
 
     refit: bool = True
@@ -72,7 +70,7 @@ class LayerOptions:
     lam_rule: str = "quantile"
     xi: float = 0.3
     xi_grid: tuple[float, ...] = (0.5, 0.7, 0.85, 0.95)
-    precision: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
@@ -118,37 +116,6 @@ def auto_rounds(pattern: "Pattern") -> int:
     against 88.78 / 48.41).
     """
     return 1 if pattern.kind != "nm" and pattern.sparsity <= 0.5 else 2
-
-
-def native_bf16(device: Any) -> bool:
-    """Whether ``device`` is a CPU whose instruction set multiplies bfloat16 (AVX512-BF16 or AMX-BF16).
-
-    There a bfloat16 GEMM runs at about twice the float32 rate (measured on an AMD EPYC
-    with AVX512-BF16, one thread: 1.82 against 4.16 ms for 576 × 576 × 576).
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
-    if capabilities is None:
-        return False
-    caps = capabilities()
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-
-
-def resolve_precision(precision: str, device: Any, dtype: Any) -> str:
-    """The precision ``"auto"`` stands for on ``device`` with iterates of ``dtype``; others as given.
-
-    ``auto`` is ``bf16`` for float32 problems on a CPU with native bfloat16 products
-    (:func:`native_bf16`), and ``fp32`` (IEEE) otherwise: float64 problems keep their
-    precision, and CUDA devices stay IEEE until the bfloat16 search is measured there.
-    Measured on SmolLM2-135M block 3 (docs/pruning.md, "bfloat16 products"): the layer
-    errors of the bfloat16 search equal the IEEE ones to 0.03%, in 0.7–0.8× the time.
-    """
-    if precision not in LAYER_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(LAYER_PRECISIONS)}; got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if dtype == torch.float32 and native_bf16(device) else "fp32"
 
 
 def check_solver_options(solver: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from fistaopt.layer.lam import quantile_round, rounding_scores, search_lam, xi_round
-from fistaopt.layer.options import LayerOptions, check_solver_options, resolve_precision
+from fistaopt.layer.options import LayerOptions, check_solver_options
 from fistaopt.layer.refit import refit
 from fistaopt.problems.lasso import LassoProblem
 from fistaopt.solvers import ConvergenceWarning, solver_class
@@ -81,7 +81,7 @@ class _LayerPrune:
         self.work = work  # the penalised problem the ℓ1 solver sees
         self.plain = work.with_lam(0.0).with_penalty_weights(None)  # the layer objective alone
         # one precision for the search's products: the solver's (where it has the option) and the refits'
-        self.precision = resolve_precision(options.precision, work.device, solver_options.get("dtype") or work.dtype)
+        self.precision = options.precision
         if "precision" in solver_class(solver).option_names():
             solver_options = {**solver_options, "precision": self.precision}
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options

@@ -39,6 +39,13 @@ def _row_r2(problem: LassoProblem, W: torch.Tensor, R: torch.Tensor) -> torch.Te
     return r2.clamp_min(0)
 
 
+def _exact_r2(problem: LassoProblem, W: torch.Tensor) -> torch.Tensor:
+    """Per-row ``‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` with a float64 product ``W H`` (no residual involved)."""
+    W64 = W.to(torch.float64)
+    WH = W64 @ problem.H.to(torch.float64)
+    return (problem.c.to(torch.float64) - 2 * (W64 * problem.G.to(torch.float64)).sum(-1) + (W64 * WH).sum(-1)).clamp_min(0)
+
+
 def _row_dot(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Per-row ``⟨aᵢ, bᵢ⟩`` of ``A, B (..., d_out, d_in)`` as ``(..., d_out, 1)``, without a temporary product."""
     return torch.linalg.vecdot(A, B).unsqueeze(-1)
@@ -64,8 +71,9 @@ def refit(
     are the layer objective ``2 × P(W)`` of ``problem`` with ``λ = 0``, per row.
 
     ``precision`` (``fp32``/``tf32``/``bf16``, as the solvers' option) sets the precision
-    of the products ``P H`` of the iterations; when it is not IEEE, the residual of the
-    result is recomputed with one IEEE product, so ``r2`` is as accurate as with ``fp32``.
+    of the products ``P H`` of the iterations; when it is not IEEE, ``r2`` of the result is
+    computed with a float64 product instead (a bf16 refit once diverged to weights 77× the
+    dense ones, which the residuals had read as a good fit; docs/pruning.md).
     """
     H, G = problem.H, problem.G
     dtype = H.dtype
@@ -105,9 +113,10 @@ def refit(
             torch.addcmul(Z, beta, P, out=P)
             rz = rz_new
     X.mul_(M)
-    if not exact and k > 0:  # the recursive residual carries the products' rounding
-        R = torch.addmm(G, X, H, alpha=-1.0).mul_(M)
-    return Refit(W=X, iterations=k, residual=rel, start_r2=start_r2, r2=_row_r2(problem, X, R))
+    # with low-precision products the iterates may wander far along flat directions of H, where
+    # residual-based objectives lose their digits: the result's objective is computed afresh in float64
+    r2 = _row_r2(problem, X, R) if exact or k == 0 else _exact_r2(problem, X)
+    return Refit(W=X, iterations=k, residual=rel, start_r2=start_r2, r2=r2)
 
 
 def masked_refit(

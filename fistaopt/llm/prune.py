@@ -128,7 +128,7 @@ def run_block_loop(
     selected = config.check_blocks(len(blocks))
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
-    config = config.for_model(getattr(getattr(model, "config", None), "model_type", "")).for_device(exec_device)
+    config = config.for_model(getattr(getattr(model, "config", None), "model_type", ""))
     by_blocks = _parallel_blocks(parallel, config, checkpoint_dir) and comm.distributed
     if by_blocks and not residency.holds_blocks:
         raise ValueError("parallel='blocks' needs the whole model in memory; use parallel='rows' in low-memory mode")
