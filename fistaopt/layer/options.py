@@ -55,8 +55,8 @@ class LayerOptions:
             conjugate-gradient steps.  ``"fp32"`` (IEEE, of the problem's dtype; default),
             ``"tf32"`` (CUDA) or ``"bf16"`` (bfloat16 products, float32 accumulation: about
             twice as fast on CPUs with AVX512-BF16 or AMX, but it wrecked one SmolLM2 prune,
-            docs/pruning.md "Speed, fourth pass": experimental).  The candidates are compared
-            on residuals recomputed in IEEE precision, and the reported errors are float64.
+            docs/pruning.md "Speed, fourth pass": experimental).  A low-precision refit
+            scores its result with a float64 product; the reported errors are float64.
     """
 
     refit: bool = True
@@ -129,7 +129,8 @@ def check_solver_options(solver: str, options: Mapping[str, Any]) -> dict[str, A
 
     if solver in VERIFIERS:
         raise ValueError(f"solver {solver!r} is a verifier, too slow to prune with; use another solver")
-    valid = [n for n in solver_class(solver).option_names() if n not in LAYER_CONTROLLED and n not in LayerOptions.names()]
+    owned = (*LAYER_CONTROLLED, *LayerOptions.names())
+    valid = [n for n in solver_class(solver).option_names() if n not in owned]
     fixed = sorted(set(options) & set(LAYER_CONTROLLED))
     if fixed:
         raise ValueError(
