@@ -290,7 +290,8 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
         "blocks": args.blocks or "all", "bos": f"{args.bos} (BOS id {setup['bos_id']})",
         "cpu_count": os.cpu_count(),
         # whether this CPU multiplies bfloat16 natively (the speed of precision=bf16 rows)
-        "cpu_native_bf16": bool(getattr(torch.cpu, "get_capabilities", dict)().get("avx512_bf16")),
+        "cpu_native_bf16": any(getattr(torch.cpu, "get_capabilities", dict)().get(k)
+                               for k in ("avx512_bf16", "amx_bf16")),
     }
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Mapping
 
+from fistaopt.solvers.prox import PRECISIONS
+
 if TYPE_CHECKING:
     from fistaopt.sparsity import Pattern
 
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
 LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit", "certify")
 PENALTIES = ("l1", "scaled")
 LAM_RULES = ("quantile", "xi")
-#: :attr:`LayerOptions.precision` choices: the solvers' ``PRECISIONS``.
-LAYER_PRECISIONS = ("fp32", "tf32", "bf16")
+#: :attr:`LayerOptions.precision` choices: the solvers' precisions.
+LAYER_PRECISIONS = PRECISIONS
 #: Solvers that certify but are too slow to prune (verifiers).
 VERIFIERS = ("cvxpy",)
 

@@ -39,15 +39,8 @@ def _row_r2(problem: LassoProblem, W: torch.Tensor, R: torch.Tensor) -> torch.Te
     return r2.clamp_min(0)
 
 
-def _exact_r2(problem: LassoProblem, W: torch.Tensor) -> torch.Tensor:
-    """Per-row ``‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` with a float64 product ``W H`` (no residual involved)."""
-    W64 = W.to(torch.float64)
-    WH = W64 @ problem.H.to(torch.float64)
-    return (problem.c.to(torch.float64) - 2 * (W64 * problem.G.to(torch.float64)).sum(-1) + (W64 * WH).sum(-1)).clamp_min(0)
-
-
 def _row_dot(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Per-row ``⟨aᵢ, bᵢ⟩`` of ``A, B (..., d_out, d_in)`` as ``(..., d_out, 1)``, without a temporary product."""
+    """Per-row ``⟨aᵢ, bᵢ⟩`` of ``A, B (..., d_out, d_in)`` as ``(..., d_out, 1)``, no temporary product."""
     return torch.linalg.vecdot(A, B).unsqueeze(-1)
 
 
@@ -115,7 +108,7 @@ def refit(
     X.mul_(M)
     # with low-precision products the iterates may wander far along flat directions of H, where
     # residual-based objectives lose their digits: the result's objective is computed afresh in float64
-    r2 = _row_r2(problem, X, R) if exact or k == 0 else _exact_r2(problem, X)
+    r2 = _row_r2(problem, X, R) if exact or k == 0 else 2 * problem.with_lam(0.0).objective(X, per_row=True)
     return Refit(W=X, iterations=k, residual=rel, start_r2=start_r2, r2=r2)
 
 

@@ -122,13 +122,13 @@ def run_block_loop(
     """The block loop of :func:`prune` (arguments as there), with ``residency`` saying where blocks live."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config = config.for_model(getattr(getattr(model, "config", None), "model_type", ""))
     batches = calibration_batches(calibration, config.batch_size, model)
     config.check_seqlen(min(int(b.shape[1]) for b in batches))
     _, blocks = find_blocks(model)
     selected = config.check_blocks(len(blocks))
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
-    config = config.for_model(getattr(getattr(model, "config", None), "model_type", ""))
     by_blocks = _parallel_blocks(parallel, config, checkpoint_dir) and comm.distributed
     if by_blocks and not residency.holds_blocks:
         raise ValueError("parallel='blocks' needs the whole model in memory; use parallel='rows' in low-memory mode")
