@@ -50,6 +50,7 @@ from typing import Any, Iterator
 import torch
 
 from fistaopt import _io
+from fistaopt.layer.options import native_bf16
 from fistaopt.study.specs import Spec
 
 DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "fista", "fista[warm_start=sparsegpt]", "admm")
@@ -289,9 +290,8 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
         "seeded_rows": sorted(f"{m}@{p}" for m, p in seeded), "jobs": args.jobs, "threads": args.threads,
         "blocks": args.blocks or "all", "bos": f"{args.bos} (BOS id {setup['bos_id']})",
         "cpu_count": os.cpu_count(),
-        # whether this CPU multiplies bfloat16 natively (the speed of precision=bf16 rows)
-        "cpu_native_bf16": any(getattr(torch.cpu, "get_capabilities", dict)().get(k)
-                               for k in ("avx512_bf16", "amx_bf16")),
+        # whether this CPU multiplies bfloat16 natively: what precision="auto" (the default) resolves to
+        "cpu_native_bf16": native_bf16("cpu"),
     }
 
 

@@ -279,10 +279,74 @@ def test_prune_layer_bf16_search_matches_ieee(pattern, sparsity):
         check_solver_options("fista", {"precision": "bf16"})
 
 
-def test_precision_defaults_to_ieee_and_is_checked():
+def test_precision_auto_resolves_by_device_and_dtype(monkeypatch):
+    """``auto`` (the default): bf16 for float32 problems on a device with native bfloat16 products,
+    IEEE otherwise; float64 problems keep IEEE; an explicit precision wins."""
+    from fistaopt.layer import options
     from fistaopt.llm.config import PruneConfig
 
-    assert LayerOptions().precision == "fp32" and PruneConfig().settings()["layer"]["precision"] == "fp32"
-    assert PruneConfig.build(None, precision="bf16").layer.precision == "bf16"
-    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16"):
-        LayerOptions(precision="auto")
+    assert LayerOptions().precision == "auto" and PruneConfig().settings()["layer"]["precision"] == "auto"
+    assert PruneConfig.build(None, precision="fp32").layer.precision == "fp32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True}, raising=False)
+    assert options.resolve_precision("auto", "cpu", torch.float32) == "bf16"
+    assert options.resolve_precision("auto", "cpu", torch.float64) == "fp32"
+    assert options.resolve_precision("auto", "meta", torch.float32) == "fp32"
+    assert options.resolve_precision("fp32", "cpu", torch.float32) == "fp32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True}, raising=False)
+    assert options.resolve_precision("auto", "cpu", torch.float32) == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False},
+                        raising=False)
+    assert options.resolve_precision("auto", "cpu", torch.float32) == "fp32"
+    assert options.resolve_precision("bf16", "cpu", torch.float32) == "bf16"
+    prob, _, _ = layer_problem(16, 32, seed=1)
+    assert prune_layer(prob.to(dtype=torch.float32), "2:4").info["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, tf32, bf16"):
+        LayerOptions(precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, tf32, bf16"):
+        options.resolve_precision("half", "cpu", torch.float32)
+
+
+def test_bf16_search_refits_in_ieee(monkeypatch):
+    """With a bfloat16 search the refits still run IEEE: every candidate is scored in the problem's precision."""
+    from fistaopt.layer import prune as prune_module
+
+    seen = []
+    real = prune_module.refit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("precision", "fp32"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune_module, "refit", spy)
+    prob, _, _ = layer_problem(32, 64, seed=4)
+    res = prune_layer(prob.to(dtype=torch.float32), "unstructured", sparsity=0.7, precision="bf16")
+    assert res.info["precision"] == "bf16" and seen == ["fp32"] * 3
+
+
+def test_refit_returns_the_gradient_everywhere():
+    """The refit's residual ``G − WH`` is kept on every entry: the pruned entries' negative gradient too."""
+    from fistaopt.layer.refit import refit
+
+    prob, W0, _ = layer_problem(24, 48, seed=8)
+    plain = prob.with_lam(0.0)
+    mask = project(torch.rand(24, 48, generator=torch.Generator().manual_seed(1)), "unstructured", 0.6)
+    r = refit(plain, mask, W0, max_iter=15)
+    exact = plain.G - r.W @ plain.H
+    torch.testing.assert_close(r.neg_gradient, exact, rtol=0, atol=1e-10 * float(plain.G.abs().max()))
+    assert float(exact[~mask].abs().max()) > 1e-3 * float(plain.G.abs().max())  # off the mask it is not zero
+
+
+def test_layer_residual_and_undamped_residual():
+    """``LayerResult.residual`` is the damped problem's ``Σ r²``; removing the ridge gives the undamped one."""
+    prob0, W0, _ = layer_problem(24, 48, seed=9, damp=0.0)
+    for ridge in ("mean", "diagonal"):
+        damped = prob0.with_damping(W0, 0.1, ridge)
+        res = prune_layer(damped, "unstructured", sparsity=0.6)
+        assert res.residual == pytest.approx(float(damped.error_parts(res.W)[0]), rel=1e-9)
+        undamped = prob0.undamped_residual(res.W, W0, res.residual, 0.1, ridge)
+        assert undamped == pytest.approx(float(prob0.error_parts(res.W)[0]), rel=1e-9)
+        assert undamped < res.residual
+    with pytest.raises(ValueError, match="damp must be >= 0"):
+        prob0.undamped_residual(W0, W0, 1.0, -0.1)
+    with pytest.raises(ValueError, match="ridge must be one of"):
+        prob0.undamped_residual(W0, W0, 1.0, 0.1, "rows")

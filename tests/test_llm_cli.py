@@ -152,15 +152,18 @@ def test_prune_command_end_to_end(tiny_folder, tmp_path, capsys):
 
 
 def test_prune_precision_reaches_the_report(tiny_folder, tmp_path, capsys):
-    """``--precision`` reaches the layer prune and the report; the default is IEEE fp32."""
+    """``--precision`` reaches the layer prune and the report, with what it resolved to; the default is auto."""
     calib = write_text(tmp_path / "calib.txt")
     base = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--blocks", "0",
             "--calib", str(calib), "--eval-tokens", "0", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "default")]) == 0
     assert main([*base, "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
-    default = json.loads((tmp_path / "default" / "report.json").read_text())["settings"]["layer"]["precision"]
-    low = json.loads((tmp_path / "bf16" / "report.json").read_text())["settings"]["layer"]["precision"]
-    assert default == "fp32" and low == "bf16"
+    from fistaopt.layer.options import resolve_precision
+
+    default = json.loads((tmp_path / "default" / "report.json").read_text())["settings"]["layer"]
+    low = json.loads((tmp_path / "bf16" / "report.json").read_text())["settings"]["layer"]
+    assert default["precision"] == "auto" and default["precision_used"] == resolve_precision("auto", "cpu", torch.float32)
+    assert low["precision"] == low["precision_used"] == "bf16"
 
 
 def test_help_version_and_plain_command(capsys):

@@ -59,8 +59,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="hidden states entering each block: pruned (measured best), dense (the paper's), corrected")
     p.add_argument("--no-error-correction", action="store_true", help="statistics of the dense block only (X* = X)")
     p.add_argument("--precision", choices=LAYER_PRECISIONS, default=d.layer.precision,
-                   help="products of the solver and refit iterations (solver methods): fp32 (IEEE, default), tf32 "
-                        "(CUDA) or bf16 (experimental: faster on CPUs with AVX512-BF16, but it wrecked one prune)")
+                   help="products of the l1 solver's iterations (solver methods): auto (default) = bf16 where the "
+                        "device multiplies bfloat16 natively (CUDA sm80+, CPUs with AVX512-BF16/AMX), else IEEE fp32; "
+                        "fp32, tf32 (CUDA) or bf16; the refits run IEEE either way")
     p.add_argument("--allocation", choices=ALLOCATIONS, default=d.allocation,
                    help="sparsity per operator (unstructured only): uniform, owl (per block, from outlier ratios) or "
                         "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly")

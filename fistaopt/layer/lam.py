@@ -62,14 +62,17 @@ def search_lam(
     return torch.exp(log_lam), W, n_iter, history
 
 
-def pruned_gradient_lam(problem: LassoProblem, W: torch.Tensor, quantile: float) -> torch.Tensor:
+def pruned_gradient_lam(problem: LassoProblem, W: torch.Tensor, quantile: float,
+                        neg_grad: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row λ ``(d_out,)``: the ``quantile`` of ``|∇f(W)_ij| / ω_j`` over the pruned entries of row i.
 
     At a refit point the gradient vanishes on the kept entries, and a pruned entry
     enters the ℓ1 solution iff ``|g_ij| > λ_i ω_j``: this λ lets the top
     ``1 − quantile`` of the pruned entries compete for a place in the support.
+    ``neg_grad``: ``G − W H`` when known (the refit's residual), saving the product with ``H``.
     """
-    g = (W @ problem.H - problem.G).abs() / problem.column_weights(W.dtype)[None, :]
+    grad = W @ problem.H - problem.G if neg_grad is None else neg_grad
+    g = grad.abs() / problem.column_weights(W.dtype)[None, :]
     pruned = W == 0
     if problem.mask is not None:
         pruned &= problem.mask
@@ -108,17 +111,19 @@ def masked_row_quantile(values: torch.Tensor, where: torch.Tensor, q: float) -> 
 
 def quantile_round(
     work: LassoProblem, best: torch.Tensor, quantile: float, solver: str, iters: int,
-    solver_options: Mapping[str, Any],
+    solver_options: Mapping[str, Any], neg_grad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One ℓ1 round from ``best`` with λ from :func:`pruned_gradient_lam`: ``(λ, W, iterations)``."""
-    lam = pruned_gradient_lam(work, best, quantile)
+    """One ℓ1 round from ``best`` with λ from :func:`pruned_gradient_lam`: ``(λ, W, iterations)``.
+
+    ``neg_grad``: ``G − best·H`` when known (the refit's residual)."""
+    lam = pruned_gradient_lam(work, best, quantile, neg_grad)
     res = l1_solver(solver, iters, solver_options).solve(work.with_lam(lam), W0=best)
     return lam, res.W, res.n_iter
 
 
 def xi_round(
     work: LassoProblem, plain: LassoProblem, best: torch.Tensor, pat: Pattern, solver: str, iters: int,
-    xi: float, grid: tuple[float, ...], solver_options: Mapping[str, Any],
+    xi: float, grid: tuple[float, ...], solver_options: Mapping[str, Any], neg_grad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One round of the paper's λ rule, all λ candidates in one batched solve.
 
@@ -126,9 +131,12 @@ def xi_round(
     (``W`` of shape ``(K, d_out, d_in)``, one GEMM per iteration); for each row the
     candidate whose rounding error ratio ``(P(round W_k) − P(W_k)) / P(round W_k)`` is
     closest to ``xi`` is returned with its λ: ``(λ (d_out,), W (d_out, d_in), iterations)``.
+    ``neg_grad``: ``G − best·H`` when known (the refit's residual).
     """
     K = len(grid)
-    lams = torch.stack([pruned_gradient_lam(work, best, q) for q in grid])  # (K, d_out)
+    if neg_grad is None:
+        neg_grad = work.G - best @ work.H
+    lams = torch.stack([pruned_gradient_lam(work, best, q, neg_grad) for q in grid])  # (K, d_out)
     res = l1_solver(solver, iters, solver_options).solve(work.with_lam(lams), W0=best.expand(K, -1, -1).clone())
     W = res.W  # (K, d_out, d_in)
     rounded = W * project(rounding_scores(W, work.H), pat)

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from fistaopt.layer.lam import quantile_round, rounding_scores, search_lam, xi_round
-from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.layer.options import LayerOptions, check_solver_options, resolve_precision
 from fistaopt.layer.refit import refit
 from fistaopt.problems.lasso import LassoProblem
 from fistaopt.solvers import ConvergenceWarning, solver_class
@@ -49,6 +49,8 @@ class LayerResult:
         rel_error_before_rounding: relative error of the (first) ℓ1 solution.
         rel_error_rounded: relative error right after rounding it (before the refit).
         rel_error: final relative reconstruction error.
+        residual: its numerator ``Σᵢ ‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` (float64) on the problem as given
+            (with its damping: :meth:`LassoProblem.undamped_residual` removes the ridge).
         n_iter: solver iterations in total (λ search + rounds).
         refit_iter: conjugate-gradient iterations of the refits.
         seconds: wall-clock seconds.
@@ -62,11 +64,29 @@ class LayerResult:
     rel_error_before_rounding: float
     rel_error_rounded: float
     rel_error: float
+    residual: float
     n_iter: int
     refit_iter: int
     seconds: float
     chosen: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Candidate:
+    """Weights on the pattern, with per-row objectives ``½ r²ᵢ`` of the layer problem.
+
+    Attributes:
+        W: ``(d_out, d_in)`` on the pattern (refit when the layer prune refits).
+        rounded_obj: per-row objective of the rounded weights before the refit.
+        obj: per-row objective of ``W``.
+        neg_gradient: ``G − W H`` on every entry (from the refit), or None (no refit).
+    """
+
+    W: torch.Tensor
+    rounded_obj: torch.Tensor
+    obj: torch.Tensor
+    neg_gradient: torch.Tensor | None
 
 
 class _LayerPrune:
@@ -80,8 +100,9 @@ class _LayerPrune:
             work = work.with_penalty_weights(torch.sqrt(torch.diagonal(work.H)).clamp_min(1e-12))
         self.work = work  # the penalised problem the ℓ1 solver sees
         self.plain = work.with_lam(0.0).with_penalty_weights(None)  # the layer objective alone
-        # one precision for the search's products: the solver's (where it has the option) and the refits'
-        self.precision = options.precision
+        # the precision of the ℓ1 solver's products (where it has the option); the refits run IEEE
+        # (a bfloat16 refit once read a diverged fit as a good one: docs/pruning.md)
+        self.precision = resolve_precision(options.precision, work.device, solver_options.get("dtype") or work.dtype)
         if "precision" in solver_class(solver).option_names():
             solver_options = {**solver_options, "precision": self.precision}
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
@@ -93,29 +114,33 @@ class _LayerPrune:
         self.unrounded_obj: torch.Tensor | None = None  # known when the start was on the pattern
         self.rounded_obj: torch.Tensor | None = None
 
-    def on_pattern(self, W: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``W⊙mask`` refit when asked: ``(W, per-row objective before the refit, after)``.
+    def on_pattern(self, W: torch.Tensor, mask: torch.Tensor) -> Candidate:
+        """``W⊙mask``, refit when asked, as a :class:`Candidate`.
 
-        With the refit, both objectives come from its residuals (no product with ``H``).
+        With the refit, both objectives and the gradient come from its residuals (no product
+        with ``H``).
         """
         W = W * mask
         if not self.options.refit:
             obj = self.plain.objective(W, per_row=True)
-            return W, obj, obj
-        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter, precision=self.precision)
+            return Candidate(W, obj, obj, None)
+        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter)
         self.cg_iter += r.iterations
-        return r.W, 0.5 * r.start_r2, 0.5 * r.r2
+        return Candidate(r.W, 0.5 * r.start_r2, 0.5 * r.r2, r.neg_gradient)
 
-    def round_and_refit(self, W_l1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``W_l1`` rounded to the pattern (and refit): ``(W, objective of the rounding, of W)`` per row."""
+    def round_and_refit(self, W_l1: torch.Tensor) -> Candidate:
+        """``W_l1`` rounded to the pattern (and refit)."""
         mask = project(rounding_scores(W_l1, self.work.H), self.pat)
         return self.on_pattern(W_l1, mask)
 
     def relative(self, rows: torch.Tensor) -> float:
         """Relative error ``Σ r²_i / Σ c_i`` from per-row objectives ``½ r²_i`` of :attr:`plain`."""
+        return self.relative_total(2.0 * float(rows.sum()))
+
+    def relative_total(self, residual: float) -> float:
+        """Relative error ``Σ r²_i / Σ c_i`` from ``Σ r²_i``."""
         denom = float(self.plain.c.to(torch.float64).sum())
-        total = 2.0 * float(rows.sum())
-        return total / denom if denom > 0 else total
+        return residual / denom if denom > 0 else residual
 
     def start(self, warm_start: torch.Tensor | None) -> None:
         """The first candidate: the refit warm start, or the rounded end of the λ search."""
@@ -126,7 +151,8 @@ class _LayerPrune:
                 raise ValueError(f"warm_start does not satisfy the pattern {self.pat}")
             self.lam = torch.zeros(work.d_out, dtype=work.dtype, device=work.device)
             # on the pattern already: its error stands for the ℓ1 solution's unless a round replaces it
-            self.best, self.unrounded_obj, self.best_obj = self.on_pattern(W_l1, W_l1 != 0)
+            first = self.on_pattern(W_l1, W_l1 != 0)
+            self.unrounded_obj = first.rounded_obj
         else:
             keep = float(self.pat.keep_per_row(work.d_in))
             target = torch.full((work.d_out,), keep, dtype=work.dtype, device=work.device)
@@ -134,8 +160,9 @@ class _LayerPrune:
             self.lam, W_l1, self.n_iter, self.info["search_nnz_error"] = search_lam(
                 work, target, W_zero, solver=self.solver, steps=self.options.search_steps,
                 iters=self.options.search_iter, solver_options=self.solver_options)
-            self.best, self.rounded_obj, self.best_obj = self.round_and_refit(W_l1)
-            self.unrounded = W_l1
+            first = self.round_and_refit(W_l1)
+            self.rounded_obj, self.unrounded = first.rounded_obj, W_l1
+        self.best, self.best_obj, self.best_neg_grad = first.W, first.obj, first.neg_gradient
         self.info["start_error"] = self.relative(self.best_obj)
         self.improved = torch.zeros(work.d_out, dtype=torch.bool, device=work.device)
 
@@ -144,21 +171,23 @@ class _LayerPrune:
         o = self.options
         if o.lam_rule == "xi":
             lam_r, W_r, it = xi_round(self.work, self.plain, self.best, self.pat, self.solver, o.round_iter,
-                                      o.xi, o.xi_grid, self.solver_options)
+                                      o.xi, o.xi_grid, self.solver_options, neg_grad=self.best_neg_grad)
         else:
             lam_r, W_r, it = quantile_round(self.work, self.best, o.quantiles[r % len(o.quantiles)], self.solver,
-                                            o.round_iter, self.solver_options)
+                                            o.round_iter, self.solver_options, neg_grad=self.best_neg_grad)
         self.n_iter += it
-        cand, rounded_obj, obj = self.round_and_refit(W_r)
-        better = obj < self.best_obj
+        cand = self.round_and_refit(W_r)
+        better = cand.obj < self.best_obj
         if self.pat.scope == "layer":  # rows share one budget: candidates compete as a whole
-            better = torch.full_like(better, bool(obj.sum() < self.best_obj.sum()))
-        self.best = torch.where(better[:, None], cand, self.best)
-        self.best_obj = torch.minimum(obj, self.best_obj)
+            better = torch.full_like(better, bool(cand.obj.sum() < self.best_obj.sum()))
+        self.best = torch.where(better[:, None], cand.W, self.best)
+        self.best_obj = torch.minimum(cand.obj, self.best_obj)
+        if self.best_neg_grad is not None and cand.neg_gradient is not None:
+            self.best_neg_grad = torch.where(better[:, None], cand.neg_gradient, self.best_neg_grad)
         self.lam = torch.where(better, lam_r, self.lam)
         self.improved |= better
         if r == 0:
-            self.unrounded, self.unrounded_obj, self.rounded_obj = W_r, None, rounded_obj
+            self.unrounded, self.unrounded_obj, self.rounded_obj = W_r, None, cand.rounded_obj
 
     def finish(self, dtype: torch.dtype, started: float) -> LayerResult:
         """The best weights on the exact pattern, with their mask and errors."""
@@ -167,12 +196,14 @@ class _LayerPrune:
         if not satisfies(mask, self.pat):  # refit may leave exact zeros only, never extra non-zeros
             mask = project(rounding_scores(best, H), self.pat)
             best = best * mask
-        err = self.relative(self.best_obj) if best is self.best else float(self.plain.relative_error(best))
+        residual = 2.0 * float(self.best_obj.sum()) if best is self.best else float(self.plain.error_parts(best)[0])
+        err = self.relative_total(residual)
         if self.unrounded_obj is not None:
             err_l1 = self.relative(self.unrounded_obj)
-        else:
+        else:  # a diagnostic: the product in the ℓ1 solution's dtype, the sums in float64
             assert self.unrounded is not None
-            err_l1 = float(self.plain.relative_error(self.unrounded))
+            W_l1 = self.unrounded
+            err_l1 = float(self.plain.relative_error(W_l1, WH=W_l1 @ H.to(W_l1.dtype)))
         err_round = err_l1 if self.rounded_obj is None else self.relative(self.rounded_obj)
         # the pattern mask of W: its non-zeros, topped up to the pattern's exact count
         nz = best != 0
@@ -182,7 +213,7 @@ class _LayerPrune:
         logger.debug("prune_layer %s: start %.4g final %.4g (%.2fs)", self.pat, self.info["start_error"], err, seconds)
         return LayerResult(
             W=best.to(dtype), mask=full_mask, lam=self.lam.to(torch.float64),
-            rel_error_before_rounding=err_l1, rel_error_rounded=err_round, rel_error=err,
+            rel_error_before_rounding=err_l1, rel_error_rounded=err_round, rel_error=err, residual=residual,
             n_iter=self.n_iter, refit_iter=self.cg_iter, seconds=seconds,
             chosen=float(self.improved.float().mean()), info=self.info,
         )

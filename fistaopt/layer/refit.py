@@ -21,6 +21,8 @@ class Refit:
         residual: largest per-row preconditioned residual norm, relative to the start's.
         start_r2: per-row ``‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` of the masked start (float64, ``(d_out,)``).
         r2: the same for ``W``.
+        neg_gradient: ``G − W H`` on every entry ``(d_out, d_in)``, the negative gradient of the
+            layer objective at ``W`` (from the CG recurrence, to its rounding), or None.
     """
 
     W: torch.Tensor
@@ -28,12 +30,13 @@ class Refit:
     residual: float
     start_r2: torch.Tensor
     r2: torch.Tensor
+    neg_gradient: torch.Tensor | None = None
 
 
 def _row_r2(problem: LassoProblem, W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    """Per-row ``‖X* wᵢᵀ − X w₀ᵢᵀ‖² = cᵢ − 2⟨wᵢ, gᵢ⟩ + ⟨wᵢ, (WH)ᵢ⟩`` from the masked residual
-    ``R = (G − WH)⊙M`` of a masked ``W``: ``⟨wᵢ, (WH)ᵢ⟩ = ⟨wᵢ, gᵢ − rᵢ⟩``, so no product with ``H``
-    is needed; the sums are taken in float64."""
+    """Per-row ``‖X* wᵢᵀ − X w₀ᵢᵀ‖² = cᵢ − 2⟨wᵢ, gᵢ⟩ + ⟨wᵢ, (WH)ᵢ⟩`` from the residual
+    ``R = G − WH`` of a masked ``W`` (only its entries on the mask count):
+    ``⟨wᵢ, (WH)ᵢ⟩ = ⟨wᵢ, gᵢ − rᵢ⟩``, so no product with ``H`` is needed; the sums are taken in float64."""
     W64 = W.to(torch.float64)
     r2 = problem.c.to(torch.float64) - (W64 * problem.G.to(torch.float64)).sum(-1) - (W64 * R.to(torch.float64)).sum(-1)
     return r2.clamp_min(0)
@@ -74,29 +77,32 @@ def refit(
     H_bf16 = H.to(torch.bfloat16) if precision == "bf16" else None
     M = mask.to(dtype)
     tiny = torch.finfo(dtype).tiny
-    Minv = (1.0 / torch.diagonal(H).clamp_min(tiny))[None, :]
+    MinvM = M / torch.diagonal(H).clamp_min(tiny)[None, :]  # the Jacobi preconditioner, zero off the mask
     X = (W_init.to(dtype) if W_init is not None else torch.zeros_like(G)) * M
-    R = torch.addmm(G, X, H, alpha=-1.0).mul_(M)  # (G − XH)⊙M
+    # R = G − XH on every entry: on the mask the CG residual, off it the pruned entries' negative
+    # gradient (what the next round's λ is read from); the preconditioner masks it for the iteration
+    R = torch.addmm(G, X, H, alpha=-1.0)
     start_r2 = _row_r2(problem, X, R)
-    Z = R * Minv
+    Z = R * MinvM
     P = Z.clone()
     AP = torch.empty_like(P)
     rz = _row_dot(R, Z)
     r0 = rz.clamp_min(0).sqrt()
     k = 0
     rel = 0.0
-    # every update in place: one GEMM and seven element-wise passes per iteration
+    # every update in place: one GEMM and six element-wise passes per iteration; P is zero off
+    # the mask, so ⟨P, PH⟩ needs no mask and R − αPH stays the residual everywhere
     with matmul_precision(precision, H.device):
         for k in range(1, max_iter + 1):
             if H_bf16 is not None:
-                AP.copy_(P.to(torch.bfloat16) @ H_bf16).mul_(M)
+                AP.copy_(P.to(torch.bfloat16) @ H_bf16)
             else:
-                torch.mm(P, H, out=AP).mul_(M)
+                torch.mm(P, H, out=AP)
             pAp = _row_dot(P, AP)
             alpha = torch.where(pAp > 0, rz / pAp.clamp_min(tiny), torch.zeros_like(pAp))
             X.addcmul_(alpha, P)
             R.addcmul_(alpha, AP, value=-1.0)
-            torch.mul(R, Minv, out=Z)
+            torch.mul(R, MinvM, out=Z)
             rz_new = _row_dot(R, Z)
             rel_rows = rz_new.clamp_min(0).sqrt() / r0.clamp_min(tiny)
             rel = float(rel_rows.max()) if rel_rows.numel() else 0.0
@@ -109,7 +115,7 @@ def refit(
     # with low-precision products the iterates may wander far along flat directions of H, where
     # residual-based objectives lose their digits: the result's objective is computed afresh in float64
     r2 = _row_r2(problem, X, R) if exact or k == 0 else 2 * problem.with_lam(0.0).objective(X, per_row=True)
-    return Refit(W=X, iterations=k, residual=rel, start_r2=start_r2, r2=r2)
+    return Refit(W=X, iterations=k, residual=rel, start_r2=start_r2, r2=r2, neg_gradient=R)
 
 
 def masked_refit(

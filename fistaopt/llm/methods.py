@@ -134,8 +134,12 @@ def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config:
         warm = BASELINE_PRUNERS[config.warm_start](_baseline_target(W0, stats, undamped, config), stats, pattern,
                                                    config.damping)
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
-    return _with_error(PrunedWeight(res.W, 0.0, rel_error_before_rounding=float(res.rel_error_before_rounding),
-                                    lam=lam_summary(res.lam), n_iter=int(res.n_iter)), undamped)
+    # the undamped error from the prune's own (damped) residual: no product with H
+    residual = undamped.undamped_residual(res.W, W0, res.residual, config.damping, config.ridge)
+    energy = float(undamped.c.to(torch.float64).sum())
+    return PrunedWeight(res.W, residual / energy if energy > 0 else residual,
+                        rel_error_before_rounding=float(res.rel_error_before_rounding), lam=lam_summary(res.lam),
+                        n_iter=int(res.n_iter), residual=residual, energy=energy)
 
 
 def prune_weight(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fistaopt.layer.options import resolve_precision
 from fistaopt.llm.allocation import Allocation, plan_allocation
 from fistaopt.llm.block import AccumulatorFactory, prune_block
 from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.checkpoint import Checkpoint, fingerprint
-from fistaopt.llm.config import PruneConfig
+from fistaopt.llm.config import STATS_DTYPES, PruneConfig
 from fistaopt.llm.distributed import SINGLE, Communicator, peak_host_bytes
 from fistaopt.llm.model import find_blocks, linear_modules, operator_widths
 from fistaopt.llm.parallel_blocks import check_parallel_blocks, prune_owned_blocks
@@ -133,7 +134,7 @@ def run_block_loop(
     if by_blocks and not residency.holds_blocks:
         raise ValueError("parallel='blocks' needs the whole model in memory; use parallel='rows' in low-memory mode")
 
-    report = _new_report(config, batches, len(blocks))
+    report = _new_report(config, batches, len(blocks), exec_device)
     ckpt = Checkpoint(checkpoint_dir, fingerprint(model, report.settings, batches)) if checkpoint_dir else None
     t_start, was_training = time.perf_counter(), model.training
     model.eval()
@@ -222,9 +223,15 @@ def _parallel_blocks(parallel: str, config: PruneConfig, checkpoint_dir: Any) ->
     return parallel == "blocks"
 
 
-def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int) -> PruneReport:
-    """An empty report: the config's settings plus the calibration's shape and the model's block count."""
-    return PruneReport(settings={**config.settings(), "nsamples": sum(int(b.shape[0]) for b in batches),
+def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int, device: torch.device) -> PruneReport:
+    """An empty report: the config's settings (with the precision the ℓ1 solver's products run in
+    on ``device``) plus the calibration's shape and the model's block count."""
+    settings = config.settings()
+    if not config.is_baseline:
+        where = config.solver_options.get("device") or device
+        dtype = config.solver_options.get("dtype") or STATS_DTYPES[config.stats_dtype]
+        settings["layer"]["precision_used"] = resolve_precision(config.layer.precision, where, dtype)
+    return PruneReport(settings={**settings, "nsamples": sum(int(b.shape[0]) for b in batches),
                                  "seqlen": sorted({int(b.shape[1]) for b in batches}), "n_blocks": n_blocks})
 
 

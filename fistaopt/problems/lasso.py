@@ -289,6 +289,25 @@ class LassoProblem:
             G, c = self.G + mean * W0, self.c + mean * (W0 * W0).sum(-1)
         return self._replace(H=H, G=G, c=c, _h_cache={"lipschitz": [], "jacobi": []})
 
+    def undamped_residual(self, W: Any, W0: Any, damped_residual: float, damp: float, ridge: str = "mean") -> float:
+        """``Σᵢ ‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` of this (undamped) problem from the same sum on
+        ``self.with_damping(W0, damp, ridge)``: the damped sum less the ridge ``Σ_j δ_j ‖W_:j − W₀_:j‖²``.
+
+        No product with ``H``: the ridge is element-wise (float64).  The result carries the
+        rounding of ``damped_residual`` (clamped at 0).
+        """
+        if damp < 0:
+            raise ValueError(f"damp must be >= 0, got {damp}")
+        if ridge not in RIDGES:
+            raise ValueError(f"ridge must be one of {', '.join(RIDGES)}; got {ridge!r}")
+        W = self.check_W(W).to(torch.float64)
+        W0 = self.check_W(W0, "W0").to(torch.float64)
+        diag = torch.diagonal(self.H).to(torch.float64).clamp_min(0)
+        delta = damp * diag if ridge == "diagonal" else damp * torch.diagonal(self.H).to(torch.float64).mean()
+        D = W - W0
+        ridge_sum = float(((D * D).sum(-2) * delta).sum()) if ridge == "diagonal" else float(delta * (D * D).sum())
+        return max(damped_residual - ridge_sum, 0.0)
+
     # ------------------------------------------------------------------ validation
     def _check_lam(self, lam: Any) -> torch.Tensor:
         if isinstance(lam, bool):
@@ -575,15 +594,19 @@ class LassoProblem:
             viol = viol * self.mask
         return viol.amax(-1) if self.d_in else torch.zeros(g.shape[:-1], dtype=torch.float64)
 
-    def error_parts(self, W: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def error_parts(self, W: Any, WH: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Σᵢ ‖X* wᵢᵀ − X w₀ᵢᵀ‖², Σᵢ ‖X w₀ᵢᵀ‖²)`` (float64; per batch element when batched):
-        the two sums of :meth:`relative_error`, which add up over row blocks of ``W``."""
-        W = self.check_W(W)
-        return self._pieces(W)["r2"].sum(-1), self.c.to(torch.float64).sum(-1)
+        the two sums of :meth:`relative_error`, which add up over row blocks of ``W``.
 
-    def relative_error(self, W: Any) -> torch.Tensor:
-        """Relative reconstruction error ``‖X* wᵀ − X w₀ᵀ‖² / ‖X w₀ᵀ‖²`` in total (float64 scalar)."""
-        r2, denom = self.error_parts(W)
+        ``WH``: the product ``W @ H`` when already computed (in a lower precision the first sum
+        carries its rounding); the sums are float64 either way."""
+        W = self.check_W(W)
+        return self._pieces(W, WH)["r2"].sum(-1), self.c.to(torch.float64).sum(-1)
+
+    def relative_error(self, W: Any, WH: torch.Tensor | None = None) -> torch.Tensor:
+        """Relative reconstruction error ``‖X* wᵀ − X w₀ᵀ‖² / ‖X w₀ᵀ‖²`` in total (float64 scalar);
+        ``WH`` as in :meth:`error_parts`."""
+        r2, denom = self.error_parts(W, WH)
         return torch.where(denom > 0, r2 / torch.where(denom > 0, denom, 1.0), r2)
 
     # ------------------------------------------------------------------ persistence
