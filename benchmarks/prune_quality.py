@@ -107,7 +107,10 @@ def parse_seeded_rows(text: str | None, methods: list[str], patterns: list[str])
         method, at, pattern = item.strip().rpartition("@")
         if not at or not method:
             raise ValueError(f"--seeded-rows entry {item.strip()!r} must be METHOD@PATTERN, e.g. fista@50%")
-        method = Spec.parse(method).label
+        try:
+            method = Spec.parse(method).label
+        except ValueError as e:
+            raise ValueError(f"--seeded-rows entry {item.strip()!r}: {e} (rows are ';'-separated)") from None
         if method in methods and pattern in patterns:
             rows.add((method, pattern))
         elif explicit:
@@ -298,13 +301,17 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    patterns = [p.strip() for p in args.patterns.split(";") if p.strip()]
-    for p in patterns:
-        pattern_args(p)
-    methods, only = parse_methods(args.methods, patterns)
-    seeds = parse_seeds(args.seeds)
-    seeded = parse_seeded_rows(args.seeded_rows, methods, patterns)
-    tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense, only=only)
+    try:  # a bad --patterns, --methods, --seeds or --seeded-rows: one line, before any work
+        patterns = [p.strip() for p in args.patterns.split(";") if p.strip()]
+        for p in patterns:
+            pattern_args(p)
+        methods, only = parse_methods(args.methods, patterns)
+        seeds = parse_seeds(args.seeds)
+        seeded = parse_seeded_rows(args.seeded_rows, methods, patterns)
+        tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense, only=only)
+    except ValueError as e:
+        print(f"prune_quality.py: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     from fistaopt import llm

@@ -112,6 +112,17 @@ def test_seeded_rows_run_every_seed_and_the_rest_the_first():
         pq.parse_seeded_rows("fista@70%", methods, patterns)
     with pytest.raises(ValueError, match="must be METHOD@PATTERN"):
         pq.parse_seeded_rows("sparsegpt", methods, patterns)
+    with pytest.raises(ValueError, match="rows are ';'-separated"):
+        pq.parse_seeded_rows("sparsegpt@50%,wanda@50%", methods, patterns)
+
+
+def test_bad_rows_are_one_line_errors(capsys):
+    """A bad --seeded-rows (or --methods, --seeds, --patterns) stops before any work with one line."""
+    assert pq.main(["--patterns", "50%", "--methods", "sparsegpt", "--seeded-rows", "sparsegpt@50%,fista@50%"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prune_quality.py: error: --seeded-rows entry") and "\n" not in err
+    assert pq.main(["--patterns", "50", "--methods", "sparsegpt"]) == 2
+    assert "pattern" in capsys.readouterr().err
 
 
 def test_spread_and_bad_seeds_and_patterns():
