@@ -287,6 +287,8 @@ def test_precision_auto_resolves_by_device_and_dtype(monkeypatch):
 
     assert LayerOptions().precision == "auto" and PruneConfig().settings()["layer"]["precision"] == "auto"
     assert PruneConfig.build(None, precision="fp32").layer.precision == "fp32"
+    assert PruneConfig.build(None, stats_dtype="float64").search_precision("cpu") == "fp32"  # float64 keeps IEEE
+    assert PruneConfig.build(None, method="sparsegpt").search_precision("cpu") is None  # no ℓ1 search
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True}, raising=False)
     assert options.resolve_precision("auto", "cpu", torch.float32) == "bf16"
     assert options.resolve_precision("auto", "cpu", torch.float64) == "fp32"

@@ -22,7 +22,7 @@ class Refit:
         start_r2: per-row ``‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` of the masked start (float64, ``(d_out,)``).
         r2: the same for ``W``.
         neg_gradient: ``G − W H`` on every entry ``(d_out, d_in)``, the negative gradient of the
-            layer objective at ``W`` (from the CG recurrence, to its rounding), or None.
+            layer objective at ``W`` (from the CG recurrence, to its rounding).
     """
 
     W: torch.Tensor
@@ -30,7 +30,7 @@ class Refit:
     residual: float
     start_r2: torch.Tensor
     r2: torch.Tensor
-    neg_gradient: torch.Tensor | None = None
+    neg_gradient: torch.Tensor
 
 
 def _row_r2(problem: LassoProblem, W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:

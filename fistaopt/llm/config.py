@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from fistaopt.layer.options import LayerOptions, check_solver_options
+from fistaopt.layer.options import LayerOptions, check_solver_options, resolve_precision
 from fistaopt.llm.allocation import ALLOCATIONS
 from fistaopt.llm.data import BOS_CHOICES
 from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
@@ -269,6 +269,17 @@ class PruneConfig:
         if self.warm_start == "auto":
             return replace(self, warm_start=AUTO_WARM_START)
         return self
+
+    def search_precision(self, device: torch.device | str) -> str | None:
+        """What the layer's ``precision`` resolves to for the ℓ1 solver on the device the layer
+        problems are solved on (the solver's ``device`` option, else ``device``) with their dtype
+        (the solver's ``dtype``, else :attr:`stats_dtype`); None for baselines.  See
+        :func:`fistaopt.layer.options.resolve_precision`."""
+        if self.is_baseline:
+            return None
+        where = self.solver_options.get("device") or device
+        dtype = self.solver_options.get("dtype") or STATS_DTYPES[self.stats_dtype]
+        return resolve_precision(self.layer.precision, where, dtype)
 
     @property
     def damping(self) -> float:

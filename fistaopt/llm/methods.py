@@ -95,9 +95,13 @@ def _baseline(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, confi
     return _with_error(PrunedWeight(W, 0.0), undamped)
 
 
-def _with_error(pruned: PrunedWeight, undamped: Any) -> PrunedWeight:
-    """``pruned`` with its error on the undamped statistics (so errors compare across methods)."""
-    residual, energy = (float(t) for t in undamped.error_parts(pruned.W))
+def _with_error(pruned: PrunedWeight, undamped: Any, residual: float | None = None) -> PrunedWeight:
+    """``pruned`` with its error on the undamped statistics (so errors compare across methods);
+    ``residual``: its ``Σ ‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` when known (else a float64 product with ``H``)."""
+    if residual is None:
+        residual, energy = (float(t) for t in undamped.error_parts(pruned.W))
+    else:
+        energy = float(undamped.c.to(torch.float64).sum())
     pruned.residual, pruned.energy = residual, energy
     pruned.rel_error = residual / energy if energy > 0 else residual
     return pruned
@@ -136,10 +140,8 @@ def _solver(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config:
     res = prune_layer(problem, pattern, solver=method, warm_start=warm, options=config.layer, **config.solver_options)
     # the undamped error from the prune's own (damped) residual: no product with H
     residual = undamped.undamped_residual(res.W, W0, res.residual, config.damping, config.ridge)
-    energy = float(undamped.c.to(torch.float64).sum())
-    return PrunedWeight(res.W, residual / energy if energy > 0 else residual,
-                        rel_error_before_rounding=float(res.rel_error_before_rounding), lam=lam_summary(res.lam),
-                        n_iter=int(res.n_iter), residual=residual, energy=energy)
+    return _with_error(PrunedWeight(res.W, 0.0, rel_error_before_rounding=float(res.rel_error_before_rounding),
+                                    lam=lam_summary(res.lam), n_iter=int(res.n_iter)), undamped, residual)
 
 
 def prune_weight(method: str, W0: torch.Tensor, stats: LayerStatsAccumulator, config: PruneConfig) -> PrunedWeight:

@@ -24,12 +24,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fistaopt.layer.options import resolve_precision
 from fistaopt.llm.allocation import Allocation, plan_allocation
 from fistaopt.llm.block import AccumulatorFactory, prune_block
 from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.checkpoint import Checkpoint, fingerprint
-from fistaopt.llm.config import STATS_DTYPES, PruneConfig
+from fistaopt.llm.config import PruneConfig
 from fistaopt.llm.distributed import SINGLE, Communicator, peak_host_bytes
 from fistaopt.llm.model import find_blocks, linear_modules, operator_widths
 from fistaopt.llm.parallel_blocks import check_parallel_blocks, prune_owned_blocks
@@ -228,9 +227,7 @@ def _new_report(config: PruneConfig, batches: list[torch.Tensor], n_blocks: int,
     on ``device``) plus the calibration's shape and the model's block count."""
     settings = config.settings()
     if not config.is_baseline:
-        where = config.solver_options.get("device") or device
-        dtype = config.solver_options.get("dtype") or STATS_DTYPES[config.stats_dtype]
-        settings["layer"]["precision_used"] = resolve_precision(config.layer.precision, where, dtype)
+        settings["layer"]["precision_used"] = config.search_precision(device)
     return PruneReport(settings={**settings, "nsamples": sum(int(b.shape[0]) for b in batches),
                                  "seqlen": sorted({int(b.shape[1]) for b in batches}), "n_blocks": n_blocks})
 

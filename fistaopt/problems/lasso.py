@@ -272,22 +272,27 @@ class LassoProblem:
         ``H += diag(δ)``, ``G += W₀ diag(δ)``, ``c_i += Σ_j δ_j W₀_ij²``; see
         :meth:`from_layer_statistics`.
         """
-        if damp < 0:
-            raise ValueError(f"damp must be >= 0, got {damp}")
-        if ridge not in RIDGES:
-            raise ValueError(f"ridge must be one of {', '.join(RIDGES)}; got {ridge!r}")
+        delta = self._ridge_weights(damp, ridge)
         W0 = self.check_W(W0, "W0")
         if damp == 0:
             return self
         H = self.H
         if ridge == "diagonal":
-            delta = damp * torch.diagonal(H).clamp_min(0)
             H, G, c = H + torch.diag(delta), self.G + W0 * delta[None, :], self.c + (W0 * W0 * delta[None, :]).sum(-1)
         else:
-            mean = damp * torch.diagonal(H).mean()
-            H = H + mean * torch.eye(self.d_in, dtype=H.dtype, device=H.device)
-            G, c = self.G + mean * W0, self.c + mean * (W0 * W0).sum(-1)
+            H = H + delta * torch.eye(self.d_in, dtype=H.dtype, device=H.device)
+            G, c = self.G + delta * W0, self.c + delta * (W0 * W0).sum(-1)
         return self._replace(H=H, G=G, c=c, _h_cache={"lipschitz": [], "jacobi": []})
+
+    def _ridge_weights(self, damp: float, ridge: str) -> torch.Tensor:
+        """The ridge weights of :meth:`with_damping`, checked: ``δ (d_in,)`` for ``"diagonal"``,
+        the scalar ``δ`` for ``"mean"`` (in ``H``'s dtype)."""
+        if damp < 0:
+            raise ValueError(f"damp must be >= 0, got {damp}")
+        if ridge not in RIDGES:
+            raise ValueError(f"ridge must be one of {', '.join(RIDGES)}; got {ridge!r}")
+        diag = torch.diagonal(self.H)
+        return damp * diag.clamp_min(0) if ridge == "diagonal" else damp * diag.mean()
 
     def undamped_residual(self, W: Any, W0: Any, damped_residual: float, damp: float, ridge: str = "mean") -> float:
         """``Σᵢ ‖X* wᵢᵀ − X w₀ᵢᵀ‖²`` of this (undamped) problem from the same sum on
@@ -296,16 +301,9 @@ class LassoProblem:
         No product with ``H``: the ridge is element-wise (float64).  The result carries the
         rounding of ``damped_residual`` (clamped at 0).
         """
-        if damp < 0:
-            raise ValueError(f"damp must be >= 0, got {damp}")
-        if ridge not in RIDGES:
-            raise ValueError(f"ridge must be one of {', '.join(RIDGES)}; got {ridge!r}")
-        W = self.check_W(W).to(torch.float64)
-        W0 = self.check_W(W0, "W0").to(torch.float64)
-        diag = torch.diagonal(self.H).to(torch.float64).clamp_min(0)
-        delta = damp * diag if ridge == "diagonal" else damp * torch.diagonal(self.H).to(torch.float64).mean()
-        D = W - W0
-        ridge_sum = float(((D * D).sum(-2) * delta).sum()) if ridge == "diagonal" else float(delta * (D * D).sum())
+        delta = self._ridge_weights(damp, ridge).to(torch.float64)  # the δ of with_damping, exactly
+        D = self.check_W(W).to(torch.float64) - self.check_W(W0, "W0").to(torch.float64)
+        ridge_sum = float(((D * D).sum(-2) * delta).sum())
         return max(damped_residual - ridge_sum, 0.0)
 
     # ------------------------------------------------------------------ validation
