@@ -179,8 +179,9 @@ def run_task(task: Task) -> dict:
         kwargs = dict(BASELINE_PROTOCOL) if method.name in BASELINES else {}
         kwargs.update(method.options)
         torch.manual_seed(task.seed)
+        # a method's own pattern option (``fista[pattern=unstructured-layer]``) overrides the row's
         report = llm.prune(model, setup["calibration"][task.seed], method=method.name, progress=False,
-                           blocks=setup["blocks"], **pattern_args(task.pattern), **kwargs)
+                           blocks=setup["blocks"], **{**pattern_args(task.pattern), **kwargs})
     t1 = time.perf_counter()
     ppl = {name: float(llm.perplexity(model, setup["texts"][name], seqlen=setup["seqlen"],
                                       bos_token_id=setup["bos_id"])) for name in TEXTS}

@@ -12,8 +12,10 @@ import torch
 from fistaopt.cli import main
 from fistaopt.llm import PruneConfig, prune
 from fistaopt.llm.allocation import (
-    convex_sparsities, exact_counts, nonzero_curve, outlier_ratio, owl_block_sparsities, uniform_count,
+    convex_sparsities, exact_counts, nonzero_curve, outlier_ratio, owl_block_sparsities, plan_allocation,
+    uniform_count,
 )
+from fistaopt.llm.capture import calibration_batches, capture_block_inputs
 from fistaopt.llm.model import find_blocks, linear_modules
 from llm_fixtures import calib, char_tokenizer, tiny_model, write_text
 
@@ -150,6 +152,54 @@ def test_resume_takes_the_allocation_from_the_checkpoint(tmp_path, monkeypatch):
         assert k == k2 and torch.equal(v, v2), k
 
 
+@pytest.mark.parametrize("windows,batches", [(3, 2), (4, 2), (1, 1), (None, 3)])
+def test_owl_counts_the_first_batches_holding_owl_windows(windows, batches):
+    """OWL reads the first batches that hold ``owl_windows`` windows: the allocation of a
+    calibration cut to those batches, with every window counted."""
+    ids = calib(6, 16)
+    kw = dict(method="wanda", sparsity=0.6, allocation="owl", max_deviation=0.1, progress=False, batch_size=2)
+    got = prune(tiny_model("llama", scale=3.0), ids, owl_windows=windows, **kw).allocation
+    want = prune(tiny_model("llama", scale=3.0), ids[: 2 * batches], owl_windows=None, **kw).allocation
+    assert got["outlier_ratios"] == want["outlier_ratios"]
+    assert got["operators"] == want["operators"]
+    assert got["owl_windows"] == 2 * batches
+
+
+def test_owl_prepass_forwards_each_counted_batch_once():
+    """The forward that finds a block's operators is one of the counted batches' forwards."""
+    model = tiny_model("llama")
+    _, blocks = find_blocks(model)
+    calls: list[int] = []
+    hooks = [b.register_forward_pre_hook(lambda mod, args, i=i: calls.append(i)) for i, b in enumerate(blocks)]
+    ids = calib(6, 16)
+    config = PruneConfig(method="wanda", sparsity=0.6, allocation="owl", max_deviation=0.1, batch_size=2,
+                         owl_windows=3)
+    batches = calibration_batches(ids, config.batch_size, model)
+    inputs = capture_block_inputs(model, batches)
+    calls.clear()
+    alloc = plan_allocation(blocks, inputs, [0, 1], config, torch.device("cpu"))
+    for h in hooks:
+        h.remove()
+    assert calls == [0, 0, 1, 1]  # two batches (4 windows >= 3) through each block, once each
+    assert alloc is not None and alloc.info["owl_windows"] == 4
+
+
+@pytest.mark.parametrize("kwargs,rule", [
+    (dict(method="fista", sparsity=0.7), "owl"),  # solver methods above 50%
+    (dict(method="ista", sparsity=0.6), "owl"),
+    (dict(method="fista", sparsity=0.5), "uniform"),
+    (dict(method="fista", pattern="2:4"), "uniform"),
+    (dict(method="fista", sparsity=0.95), "uniform"),  # 0.95 + max_deviation reaches 1
+    (dict(method="sparsegpt", sparsity=0.7), "uniform"),  # baselines: their own protocol
+    (dict(method="wanda", sparsity=0.7, allocation="owl"), "owl"),  # an explicit rule stays
+    (dict(method="fista", sparsity=0.7, allocation="uniform"), "uniform"),
+])
+def test_auto_allocation_is_owl_for_solvers_above_half(kwargs, rule):
+    config = PruneConfig(**kwargs)
+    assert config.allocation == rule
+    assert PruneConfig(**{**kwargs, "allocation": config.allocation}) == config  # resolved once, recorded as used
+
+
 def test_uniform_is_unchanged():
     ids = calib(4, 16)
     a, b = tiny_model("llama"), tiny_model("llama")
@@ -167,7 +217,9 @@ def test_uniform_is_unchanged():
     (dict(allocation="owl", max_deviation=-0.1), "max_deviation must keep"),
     (dict(allocation="owl", owl_threshold=0), "owl_threshold must be > 0"),
     (dict(allocation="owl", owl_threshold="5"), "owl_threshold must be a number"),
-    (dict(allocation="outliers"), "allocation must be one of uniform, owl, convex"),
+    (dict(allocation="outliers"), "allocation must be one of auto, uniform, owl, convex"),
+    (dict(allocation="owl", owl_windows=0), "owl_windows must be a positive int"),
+    (dict(allocation="owl", owl_windows=2.5), "owl_windows must be a positive int"),
 ])
 def test_bad_allocation_settings_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as e:

@@ -35,6 +35,9 @@ CASES = {  # two model families, both rules, row shares and whole blocks per ran
     "opt-convex-magnitude": ("opt", dict(allocation="convex", method="magnitude")),
     "opt-owl-wanda-parallel-blocks": ("opt", dict(allocation="owl", method="wanda", block_inputs="dense",
                                                   parallel="blocks")),
+    # OWL's window prefix across the ranks' shares (batches 0, 1 | 2, 3): 3 batches, then rank 0's only
+    "llama-owl-prefix-across-ranks": ("llama", dict(allocation="owl", method="wanda", owl_windows=5)),
+    "opt-owl-prefix-on-rank0": ("opt", dict(allocation="owl", method="magnitude", owl_windows=3)),
 }
 COMMON = dict(sparsity=0.6, max_deviation=0.1, stats_dtype="float64", batch_size=2, progress=False)
 #: The convex rule with 2 ranks against 1: λ within this relative difference, each operator's pruned count

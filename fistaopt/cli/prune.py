@@ -38,7 +38,7 @@ EPILOG = """examples:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from fistaopt.layer.options import LAYER_PRECISIONS
-    from fistaopt.llm.config import ALLOCATIONS, WARM_STARTS, PruneConfig
+    from fistaopt.llm.config import ALLOCATION_CHOICES, WARM_STARTS, PruneConfig
     from fistaopt.llm.loading import SAVE_DTYPES
     from fistaopt.llm.methods import available_methods
     from fistaopt.llm.streams import BLOCK_INPUT_MODES
@@ -62,11 +62,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="products of the l1 solver's iterations (solver methods): auto (default) = bf16 where the "
                         "device multiplies bfloat16 natively (CUDA sm80+, CPUs with AVX512-BF16/AMX), else IEEE fp32; "
                         "fp32, tf32 (CUDA) or bf16; the refits run IEEE either way")
-    p.add_argument("--allocation", choices=ALLOCATIONS, default=d.allocation,
+    p.add_argument("--allocation", choices=ALLOCATION_CHOICES, default=d.allocation,
                    help="sparsity per operator (unstructured only): uniform, owl (per block, from outlier ratios) or "
-                        "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly")
+                        "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly; "
+                        "auto (default): owl for solver methods above 50%% sparsity, uniform otherwise")
     p.add_argument("--owl-threshold", type=number, default=d.owl_threshold,
                    help="OWL's M: a Wanda score is an outlier above M × the block's mean")
+    p.add_argument("--owl-windows", type=positive_int, default=d.owl_windows,
+                   help="OWL's statistics from the first calibration batches holding this many windows "
+                        f"(default {d.owl_windows})")
     p.add_argument("--max-deviation", type=number, default=d.max_deviation,
                    help="largest change of an operator's sparsity from --sparsity under --allocation owl/convex")
     p.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences")
@@ -122,7 +126,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              warm_start=args.warm_start, error_correction=not args.no_error_correction,
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
-                             max_deviation=args.max_deviation, layer=LayerOptions(precision=args.precision))
+                             owl_windows=args.owl_windows, max_deviation=args.max_deviation, layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None
     eval_seqlen = args.eval_seqlen or args.seqlen

@@ -66,9 +66,9 @@ import torch
 from torch import nn
 
 from fistaopt.layer.lam import l1_solver
-from fistaopt.llm.capture import BlockInputs, run_block, to_device
+from fistaopt.llm.capture import BlockInputs, run_block
 from fistaopt.llm.distributed import SINGLE, Communicator
-from fistaopt.llm.model import Operator, block_operators
+from fistaopt.llm.model import Operator, discover_operators_with_inputs
 from fistaopt.llm.streams import skip_tokens
 from fistaopt.problems import LayerStatsAccumulator
 from fistaopt.problems.lasso import LassoProblem
@@ -81,6 +81,10 @@ ALLOCATIONS = ("uniform", "owl", "convex")
 CONVEX_GRID = 10  # λ values per operator
 CONVEX_ITERATIONS = 40  # FISTA steps per λ, from W₀
 CONVEX_ROWS = 128  # rows per operator whose non-zeros are counted
+#: OWL's statistics come from the first calibration batches holding this many windows
+#: (``PruneConfig.owl_windows``): on SmolLM2-135M at 70% the block sparsities from 8 windows
+#: are those from 32 within 0.002 (docs/pruning.md), at a quarter of the pre-pass's forwards.
+OWL_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,8 @@ class ColumnEnergy:
 
 @torch.no_grad()
 def dense_pass(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[int], device: torch.device,
-               skip: int, make_acc: Callable[[int], Any],
-               residency: BlockResidency | None = None) -> Iterator[tuple[int, list[tuple[Operator, Any]]]]:
+               skip: int, make_acc: Callable[[int], Any], residency: BlockResidency | None = None,
+               counted: int | None = None) -> Iterator[tuple[int, list[tuple[Operator, Any]]]]:
     """Run the calibration through the dense blocks ``0 … max(selected)``, in turn.
 
     Yields, for each selected block, ``(index, [(operator, acc)])`` where ``acc`` (from
@@ -306,8 +310,14 @@ def dense_pass(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[in
     input statistics.  The block is on ``device`` while the caller reads it.  With a
     ``residency`` (low-memory mode) block ``i`` is ``load``-ed before its forward and
     ``unload``-ed after it: one block resident at a time.
+
+    ``counted``: the statistics take the first ``counted`` batches of ``inputs`` (all when
+    None) and only those are forwarded; with ``counted=0`` the first batch is forwarded
+    all the same (the operators are found by watching a forward) and adds nothing.  The
+    forward of the first batch is the one that finds the operators: no batch runs twice.
     """
-    hidden = list(inputs.hidden)
+    n = len(inputs.hidden) if counted is None else min(counted, len(inputs.hidden))
+    hidden = list(inputs.hidden[:max(n, 1)])
     for i in range(max(selected) + 1):
         if residency is not None:
             residency.load(i)
@@ -316,21 +326,27 @@ def dense_pass(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[in
         block.to(device)
         try:
             ops: list[tuple[Operator, Any]] = []
-            handles = []
-            if i in selected:
-                call = calls[0]
-                groups = block_operators(block, (hidden[0].to(device), *to_device(call.args, device)),
-                                         to_device(call.kwargs, device))
-                for g in groups:
+            out: list[torch.Tensor] = []
+            if i in selected:  # batch 0's forward finds the operators and their inputs
+                [(groups, group_inputs)] = discover_operators_with_inputs(
+                    [block], lambda: out.append(run_block(block, calls[0], hidden[0], device)))
+                handles = []
+                for g, x in zip(groups, group_inputs):
                     acc = make_acc(g.d_in)
+                    if n > 0:
+                        acc.add(skip_tokens(x, skip))
                     ops += [(op, acc) for op in g.operators]
                     handles.append(block.get_submodule(g.operators[0].name).register_forward_pre_hook(
                         lambda mod, args, acc=acc: acc.add(skip_tokens(args[0].detach(), skip))))
-            try:
+                del group_inputs
+                try:
+                    out += [run_block(block, calls[b], h, device) for b, h in enumerate(hidden) if b > 0]
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                hidden = out
+            else:
                 hidden = [run_block(block, calls[b], h, device) for b, h in enumerate(hidden)]
-            finally:
-                for handle in handles:
-                    handle.remove()
             if i in selected:
                 yield i, ops
         finally:
@@ -356,8 +372,9 @@ def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequen
     slots: list[Slot] = []
     if rule == "owl":
         ratios = []
+        counted, windows = owl_batches(inputs, config.owl_windows, comm)
         for i, ops in dense_pass(blocks, inputs, selected, device, config.skip_tokens,
-                                 lambda d: ColumnEnergy(d, dtype=dtype, device=device), residency):
+                                 lambda d: ColumnEnergy(d, dtype=dtype, device=device), residency, counted):
             comm.sum_over_ranks([acc.sq for acc in _accumulators(ops)])
             slots += [Slot(i, op.name, op.d_out, op.d_in) for op, _ in ops]
             ratios.append(outlier_ratio([op.get_weight().to(device) for op, _ in ops],
@@ -365,7 +382,7 @@ def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequen
         params = [sum(s.size for s in slots if s.block == i) for i in selected]
         per_block = dict(zip(selected, owl_block_sparsities(ratios, params, config.sparsity, config.max_deviation)))
         desired = [per_block[s.block] for s in slots]
-        info: dict[str, Any] = {"owl_threshold": config.owl_threshold,
+        info: dict[str, Any] = {"owl_threshold": config.owl_threshold, "owl_windows": windows,
                                 "outlier_ratios": {str(i): r for i, r in zip(selected, ratios)}}
     else:
         mine: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # this rank's share of the curves, by slot
@@ -385,6 +402,25 @@ def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequen
     if comm.distributed:  # rank 0's figures, so that every rank rounds the same numbers
         desired, info = comm.gather_objects((desired, info))[0]
     return _exact(rule, config, slots, desired, info)
+
+
+def owl_batches(inputs: BlockInputs, windows: int | None, comm: Communicator) -> tuple[int, int]:
+    """How many of this rank's batches OWL counts, and the windows counted over all ranks.
+
+    OWL counts the first batches of the whole calibration that hold ``windows`` windows
+    (all when None).  The ranks hold contiguous shares of the batches in rank order
+    (:meth:`Communicator.local_indices`), so a rank counts the part of that prefix it
+    holds: the same windows whatever the number of ranks.
+    """
+    sizes = [int(h.shape[0]) for h in inputs.hidden]
+    per_rank = comm.gather_objects(sizes)
+    flat = [n for part in per_rank for n in part]
+    take, total = 0, 0
+    while take < len(flat) and (windows is None or total < windows):
+        total += flat[take]
+        take += 1
+    offset = sum(len(part) for part in per_rank[:comm.rank])
+    return max(0, min(take - offset, len(sizes))), total
 
 
 def _accumulators(ops: Sequence[tuple[Operator, Any]]) -> list[Any]:

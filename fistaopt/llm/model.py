@@ -198,6 +198,17 @@ def discover_operators(
     its :class:`OperatorGroup` list in call order. A module called more than once
     counts at its first call; linear modules never called are left out (with a warning).
     """
+    return [groups for groups, _ in discover_operators_with_inputs(blocks, run)]
+
+
+def discover_operators_with_inputs(
+    blocks: Sequence[nn.Module], run: Callable[[], Any]
+) -> list[tuple[list[OperatorGroup], list[torch.Tensor]]]:
+    """:func:`discover_operators`, with each group's input in the forward of ``run()``.
+
+    Per block: ``(groups, inputs)``, ``inputs[k]`` the tensor group ``k`` was called with
+    (so a caller that needs the inputs' statistics needs no second forward).
+    """
     per_block: list[list[tuple[Operator, torch.Tensor]]] = [[] for _ in blocks]
     seen: set[int] = set()
     handles = []
@@ -221,7 +232,7 @@ def discover_operators(
         for h in handles:
             h.remove()
 
-    result: list[list[OperatorGroup]] = []
+    result: list[tuple[list[OperatorGroup], list[torch.Tensor]]] = []
     for b, block in enumerate(blocks):
         groups: list[OperatorGroup] = []
         inputs: list[torch.Tensor] = []
@@ -237,7 +248,7 @@ def discover_operators(
         missing = [n for n in linear_modules(block) if n not in called]
         if missing:
             logger.warning("block %d: linear modules never called in the forward pass, left dense: %s", b, missing)
-        result.append(groups)
+        result.append((groups, inputs))
     return result
 
 
