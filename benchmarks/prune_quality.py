@@ -165,6 +165,12 @@ def init_worker(setup: dict, model: Any = None) -> None:
     _WORKER.update(setup=setup, model=model, dense={k: v.clone() for k, v in model.state_dict().items()})
 
 
+def method_settings(method: Any) -> dict:
+    """The prune settings of a method spec: the baselines' protocol, then the spec's options
+    (which also override the row's pattern: ``fista[pattern=unstructured-layer]`` at ``50%``)."""
+    return {**(BASELINE_PROTOCOL if method.name in BASELINES else {}), **method.options}
+
+
 def run_task(task: Task) -> dict:
     """Prune a fresh copy of the dense weights as ``task`` says, then score both texts."""
     from fistaopt import llm
@@ -176,10 +182,8 @@ def run_task(task: Task) -> dict:
     report, kwargs = None, {}
     if task.method != "dense":
         method = Spec.parse(task.method)
-        kwargs = dict(BASELINE_PROTOCOL) if method.name in BASELINES else {}
-        kwargs.update(method.options)
+        kwargs = method_settings(method)
         torch.manual_seed(task.seed)
-        # a method's own pattern option (``fista[pattern=unstructured-layer]``) overrides the row's
         report = llm.prune(model, setup["calibration"][task.seed], method=method.name, progress=False,
                            blocks=setup["blocks"], **{**pattern_args(task.pattern), **kwargs})
     t1 = time.perf_counter()

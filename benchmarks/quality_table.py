@@ -7,7 +7,9 @@ rewrites, in each file, what lies between ``<!-- quality-table:start -->`` and
 table and a held-out-articles table (method × pattern, perplexity; ``mean ± std`` over the
 calibration seeds where a row ran several; the best pruned mean of each column in bold),
 prune seconds per pattern, the protocol, and the exact command that reproduces it.
-Without files it prints the block.
+Without files it prints the block.  ``--name NAME`` uses the markers
+``<!-- quality-table-NAME:start -->`` / ``<!-- quality-table-NAME:end -->`` instead, for a
+second table from another invocation in the same files.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from fistaopt import _io
 
 START = "<!-- quality-table:start -->"
 END = "<!-- quality-table:end -->"
+
+
+def markers(name: str | None = None) -> tuple[str, str]:
+    """The start and end markers of the block called ``name`` (None: the main table)."""
+    if name is None:
+        return START, END
+    return f"<!-- quality-table-{name}:start -->", f"<!-- quality-table-{name}:end -->"
 TEXT_TITLES = {"wikitext2": "WikiText-2", "heldout": "the held-out Wikipedia articles, never calibrated on"}
 
 
@@ -75,7 +84,7 @@ def perplexity_table(rows: list[dict], text: str) -> list[str]:
     return lines
 
 
-def render(result: dict, source: str | None = None) -> str:
+def render(result: dict, source: str | None = None, name: str | None = None) -> str:
     """The generated block (no markers): both tables, the protocol and the reproducing command."""
     rows, proto = result["rows"], result["protocol"]
     out = []
@@ -92,12 +101,14 @@ def render(result: dict, source: str | None = None) -> str:
                f"blocks {proto['blocks']}.")
     where = f" (JSON: `{source}`)" if source else ""
     out += ["", f"Reproduce{where}:", "", "```bash", proto["command"],
-            f"python benchmarks/quality_table.py {source or 'RESULT.json'} README.md docs/pruning.md", "```"]
+            f"python benchmarks/quality_table.py {source or 'RESULT.json'} README.md docs/pruning.md"
+            + ("" if name is None else f" --name {name}"), "```"]
     return "\n".join(out) + "\n"
 
 
-def replace_block(document: str, block: str, name: str = "the document") -> str:
-    """``document`` with the text between the markers replaced by ``block``."""
+def replace_block(document: str, block: str, name: str = "the document", table: str | None = None) -> str:
+    """``document`` with the text between the markers of ``table`` (:func:`markers`) replaced by ``block``."""
+    START, END = markers(table)
     starts, ends = document.count(START), document.count(END)
     if starts != 1 or ends != 1:
         raise ValueError(f"{name} must hold {START} and {END} once each; found {starts} and {ends}")
@@ -112,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result", help="JSON written by benchmarks/prune_quality.py --out")
     ap.add_argument("files", nargs="*", help="markdown files to rewrite between the markers")
+    ap.add_argument("--name", default=None, help="the markers quality-table-NAME:start/end (default: quality-table)")
     args = ap.parse_args(argv)
-    block = render(json.loads(Path(args.result).read_text(encoding="utf-8")), source=args.result)
+    if args.name is not None and not args.name.replace("-", "").isalnum():
+        ap.error(f"--name must be letters, digits and '-', got {args.name!r}")
+    block = render(json.loads(Path(args.result).read_text(encoding="utf-8")), source=args.result, name=args.name)
     if not args.files:
         sys.stdout.write(block)
-    rewritten = {name: replace_block(Path(name).read_text(encoding="utf-8"), block, name) for name in args.files}
+    rewritten = {name: replace_block(Path(name).read_text(encoding="utf-8"), block, name, args.name)
+                 for name in args.files}
     for name, text in rewritten.items():  # every file checked before any is written
         _io.write_text(Path(name), text)
     return 0

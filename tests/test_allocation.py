@@ -195,9 +195,18 @@ def test_owl_prepass_forwards_each_counted_batch_once():
     (dict(method="fista", sparsity=0.7, allocation="uniform"), "uniform"),
 ])
 def test_auto_allocation_is_owl_for_solvers_above_half(kwargs, rule):
-    config = PruneConfig(**kwargs)
-    assert config.allocation == rule
-    assert PruneConfig(**{**kwargs, "allocation": config.allocation}) == config  # resolved once, recorded as used
+    assert PruneConfig(**kwargs).allocation_rule == rule
+    # resolved where it is read, whatever changed after the default config was built (llm.prune's path)
+    assert PruneConfig.build(None, **kwargs).allocation_rule == rule
+    assert PruneConfig.build(PruneConfig(method="fista", sparsity=0.5), **kwargs).allocation_rule == rule
+    assert PruneConfig.build(None, **kwargs).settings()["allocation"] == rule  # the report records the rule used
+
+
+def test_default_prune_above_half_allocates_with_owl():
+    model = tiny_model("llama", scale=3.0)
+    report = prune(model, calib(4, 16), sparsity=0.6, max_deviation=0.1, progress=False, batch_size=2)
+    assert report.settings["allocation"] == "owl" and report.to_dict()["allocation"]["rule"] == "owl"
+    _check_realised(model, report, 0.6)
 
 
 def test_uniform_is_unchanged():

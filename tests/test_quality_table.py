@@ -83,6 +83,21 @@ def test_main_rewrites_only_the_block_of_every_file(tmp_path):
     assert docs[0].read_text() == once  # regenerating is idempotent
 
 
+def test_a_named_table_has_its_own_markers(tmp_path):
+    """``--name 70`` rewrites the ``quality-table-70`` block and leaves the main table alone."""
+    result, doc = tmp_path / "r.json", tmp_path / "README.md"
+    result.write_text(json.dumps(fixture()))
+    start, end = qt.markers("70")
+    assert (start, end) == ("<!-- quality-table-70:start -->", "<!-- quality-table-70:end -->")
+    doc.write_text(f"{qt.START}\nmain\n{qt.END}\n{start}\nold\n{end}\n")
+    assert qt.main([str(result), str(doc), "--name", "70"]) == 0
+    text = doc.read_text()
+    assert f"{qt.START}\nmain\n{qt.END}\n" in text and "old" not in text
+    assert "README.md docs/pruning.md --name 70" in text  # the reproducing command names the block
+    with pytest.raises(SystemExit):
+        qt.main([str(result), str(doc), "--name", "a b"])
+
+
 def test_markers_must_be_there_once_and_in_order(tmp_path):
     with pytest.raises(ValueError, match="once each; found 0 and 0"):
         qt.replace_block("no markers", "x", "README.md")
@@ -98,6 +113,15 @@ def test_markers_must_be_there_once_and_in_order(tmp_path):
 
 
 # ------------------------------------------------------------------ prune_quality: rows, seeds, patterns
+def test_a_method_option_overrides_the_row_pattern():
+    from fistaopt.study.specs import Spec
+
+    spec = Spec.parse("sparsegpt[pattern=unstructured-layer]")
+    settings = {**pq.pattern_args("50%"), **pq.method_settings(spec)}
+    assert settings == {"pattern": "unstructured-layer", "sparsity": 0.5, **pq.BASELINE_PROTOCOL}
+    assert pq.method_settings(Spec.parse("fista")) == {}
+
+
 def test_seeded_rows_run_every_seed_and_the_rest_the_first():
     methods, patterns = ["sparsegpt", "wanda", "fista[warm_start=wanda]"], ["50%", "2:4"]
     seeded = pq.parse_seeded_rows(None, methods, patterns)

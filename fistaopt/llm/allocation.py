@@ -358,14 +358,14 @@ def dense_pass(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[in
 def plan_allocation(blocks: nn.ModuleList, inputs: BlockInputs, selected: Sequence[int], config: Any,
                     device: torch.device, *, comm: Communicator = SINGLE,
                     residency: BlockResidency | None = None) -> Allocation | None:
-    """The allocation ``config.allocation`` asks for over the ``selected`` blocks (None for uniform).
+    """The allocation ``config.allocation_rule`` asks for over the ``selected`` blocks (None for uniform).
 
     ``inputs`` holds this rank's calibration batches; ``comm`` the ranks whose batches make
     up the calibration (their statistics are summed; :data:`SINGLE` when ``inputs`` holds
     all of them).  ``residency``: where the blocks live when they are not in ``blocks``
     (low-memory mode; see :func:`dense_pass`).  Every rank returns the same allocation.
     """
-    rule = config.allocation
+    rule = config.allocation_rule
     if rule == "uniform":
         return None
     dtype = config.torch_stats_dtype

@@ -123,9 +123,10 @@ class PruneConfig:
             ``"uniform"`` (every operator at ``sparsity``), ``"owl"`` (per block, from the
             outlier ratios) or ``"convex"`` (per operator, by one λ shared by the ℓ1
             problems); the total number of pruned weights is the uniform one exactly
-            (:mod:`fistaopt.llm.allocation`).  ``"auto"`` (default) is resolved here by
-            :func:`auto_allocation`: OWL for solver methods above 50% unstructured sparsity,
-            uniform otherwise.
+            (:mod:`fistaopt.llm.allocation`).  ``"auto"`` (default): :attr:`allocation_rule`
+            resolves it with :func:`auto_allocation` (OWL for solver methods above 50%
+            unstructured sparsity, uniform otherwise), whatever fields a ``replace`` or
+            :meth:`build` changes later; the report's settings record the rule used.
         owl_threshold: OWL's ``M``: a Wanda score is an outlier above ``M`` × the block's mean.
         max_deviation: how far an operator's sparsity may move from ``sparsity`` (OWL's λ).
         owl_windows: OWL reads its statistics from the first calibration batches that hold
@@ -218,14 +219,11 @@ class PruneConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        if self.allocation == "auto":
-            object.__setattr__(self, "allocation", auto_allocation(self.method, self._pattern,  # type: ignore[attr-defined]
-                                                                   self.max_deviation))
         if self.owl_threshold <= 0:
             raise ValueError(f"owl_threshold must be > 0, got {self.owl_threshold}")
         if self.owl_windows is not None and (not _is_int(self.owl_windows) or self.owl_windows < 1):
             raise ValueError(f"owl_windows must be a positive int (or None: every window), got {self.owl_windows!r}")
-        if self.allocation == "uniform":
+        if self.allocation_rule == "uniform":
             return
         if self._pattern.kind == "nm":  # type: ignore[attr-defined]
             raise ValueError(f"allocation={self.allocation!r} needs an unstructured pattern; "
@@ -286,6 +284,14 @@ class PruneConfig:
         return STATS_DTYPES[self.stats_dtype]
 
     @property
+    def allocation_rule(self) -> str:
+        """The allocation rule used: :attr:`allocation`, with ``"auto"`` resolved by
+        :func:`auto_allocation` for this method, pattern and ``max_deviation``."""
+        if self.allocation != "auto":
+            return self.allocation
+        return auto_allocation(self.method, self.pattern_spec, self.max_deviation)
+
+    @property
     def is_baseline(self) -> bool:
         return is_baseline(self.method)
 
@@ -330,8 +336,9 @@ class PruneConfig:
         return replace(self, sparsity=sparsity, allocation="uniform", damp=self.damping)
 
     def settings(self) -> dict[str, Any]:
-        """The config as plain JSON values (the report's settings), with the damping and ℓ1 rounds used."""
-        out = {**asdict(self), "damp": self.damping}
+        """The config as plain JSON values (the report's settings), with the damping, the
+        allocation rule and the ℓ1 rounds used."""
+        out = {**asdict(self), "damp": self.damping, "allocation": self.allocation_rule}
         out["layer"]["rounds"] = self.layer.rounds_for(self.pattern_spec)
         return out
 

@@ -146,7 +146,7 @@ def run_block_loop(
                                      comm=SINGLE if by_blocks else comm)  # by blocks: every rank has all batches
     report.allocation = None if allocation is None else allocation.to_dict()
     if report.allocation is not None and comm.is_main:
-        logger.info("allocation %s: block sparsities %s", config.allocation,
+        logger.info("allocation %s: block sparsities %s", config.allocation_rule,
                     [round(b["target"], 4) for b in report.allocation["blocks"]])
     stream = make_stream(config.block_inputs, inputs.hidden)
     start = 0
