@@ -23,6 +23,7 @@ from fistaopt import _io
 
 START = "<!-- quality-table:start -->"
 END = "<!-- quality-table:end -->"
+TEXT_TITLES = {"wikitext2": "WikiText-2", "heldout": "the held-out Wikipedia articles, never calibrated on"}
 
 
 def markers(name: str | None = None) -> tuple[str, str]:
@@ -30,7 +31,6 @@ def markers(name: str | None = None) -> tuple[str, str]:
     if name is None:
         return START, END
     return f"<!-- quality-table-{name}:start -->", f"<!-- quality-table-{name}:end -->"
-TEXT_TITLES = {"wikitext2": "WikiText-2", "heldout": "the held-out Wikipedia articles, never calibrated on"}
 
 
 def patterns_of(rows: list[dict]) -> list[str]:
@@ -108,15 +108,15 @@ def render(result: dict, source: str | None = None, name: str | None = None) -> 
 
 def replace_block(document: str, block: str, name: str = "the document", table: str | None = None) -> str:
     """``document`` with the text between the markers of ``table`` (:func:`markers`) replaced by ``block``."""
-    START, END = markers(table)
-    starts, ends = document.count(START), document.count(END)
+    start, end = markers(table)
+    starts, ends = document.count(start), document.count(end)
     if starts != 1 or ends != 1:
-        raise ValueError(f"{name} must hold {START} and {END} once each; found {starts} and {ends}")
-    head, rest = document.split(START)
-    if END not in rest:
-        raise ValueError(f"{name}: {END} comes before {START}")
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block.rstrip()}\n{END}{tail}"
+        raise ValueError(f"{name} must hold {start} and {end} once each; found {starts} and {ends}")
+    head, rest = document.split(start)
+    if end not in rest:
+        raise ValueError(f"{name}: {end} comes before {start}")
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.rstrip()}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,8 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              warm_start=args.warm_start, error_correction=not args.no_error_correction,
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
-                             owl_windows=args.owl_windows, max_deviation=args.max_deviation, layer=LayerOptions(precision=args.precision))
+                             owl_windows=args.owl_windows, max_deviation=args.max_deviation,
+                             layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None
     eval_seqlen = args.eval_seqlen or args.seqlen

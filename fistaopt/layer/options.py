@@ -120,7 +120,7 @@ def auto_rounds(pattern: "Pattern") -> int:
     round lost (199.68 / 87.28 against 193.50 / 85.63), and at 2:4 too (90.43 / 49.53
     against 88.78 / 48.41).
     """
-    return 1 if pattern.kind != "nm" and pattern.sparsity <= 0.5 else 2
+    return 2 if pattern.unstructured_above_half or pattern.kind == "nm" else 1
 
 
 def native_bf16(device: Any) -> bool:

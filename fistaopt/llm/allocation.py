@@ -83,7 +83,8 @@ CONVEX_ITERATIONS = 40  # FISTA steps per λ, from W₀
 CONVEX_ROWS = 128  # rows per operator whose non-zeros are counted
 #: OWL's statistics come from the first calibration batches holding this many windows
 #: (``PruneConfig.owl_windows``): on SmolLM2-135M at 70% the block sparsities from 8 windows
-#: are those from 32 within 0.002 (docs/pruning.md), at a quarter of the pre-pass's forwards.
+#: are those from 32 within 0.002, and the pre-pass takes 17.0 s instead of 59.8 s on one thread
+#: (``benchmarks/owl_prepass.py``, docs/pruning.md).
 OWL_WINDOWS = 8
 
 

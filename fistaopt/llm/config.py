@@ -70,7 +70,7 @@ def auto_allocation(method: str, pattern: Pattern, max_deviation: float) -> str:
     windows: 168.56 / 79.68, 171.96 / 82.93, 177.97 / 82.89).  At 50% OWL lost
     on WikiText-2 (52.30 / 29.89 against 50.87 / 30.04, seed 0).
     """
-    if is_baseline(method) or pattern.kind == "nm" or pattern.sparsity <= 0.5 or pattern.sparsity + max_deviation >= 1:
+    if is_baseline(method) or not pattern.unstructured_above_half or pattern.sparsity + max_deviation >= 1:
         return "uniform"
     return "owl"
 
@@ -328,7 +328,7 @@ class PruneConfig:
         if self.is_baseline:
             return DEFAULT_DAMP["baseline"]
         pattern = self.pattern_spec
-        return DEFAULT_DAMP["solver_sparse" if pattern.kind != "nm" and pattern.sparsity > 0.5 else "solver"]
+        return DEFAULT_DAMP["solver_sparse" if pattern.unstructured_above_half else "solver"]
 
     def for_operator(self, sparsity: float) -> "PruneConfig":
         """This config at an operator's own (allocated) ``sparsity``, the pattern's scope and
