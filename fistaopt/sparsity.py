@@ -49,7 +49,7 @@ class Pattern:
     @property
     def unstructured_above_half(self) -> bool:
         """Unstructured with more than 50% zeros: where the solver methods' defaults change
-        (two ℓ1 rounds, a lighter damping, OWL allocation; measured on SmolLM2-135M)."""
+        (two ℓ1 rounds, a lighter damping; measured on SmolLM2-135M)."""
         return self.kind != "nm" and self.sparsity > 0.5
 
     def keep_per_row(self, d_in: int) -> int:

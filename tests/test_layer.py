@@ -152,7 +152,8 @@ def test_prune_layer_exact_pattern_and_beats_baselines(pattern, sparsity, solver
     e = error(W0, X, res.W)
     assert e <= error(W0, X, wanda) and e <= error(W0, X, magnitude)
     # never worse than the refit warm start, row by row
-    refit_ws = refit_mask(prob, wanda != 0, wanda, max_iter=LayerOptions().refit_iter)  # as prune_layer does
+    # the start's refit, as prune_layer runs it before its rounds
+    refit_ws = refit_mask(prob, wanda != 0, wanda, max_iter=LayerOptions().start_refit_iter)
     plain = prob.with_lam(0.0)
     # candidates are compared by objectives from the refit's residuals, c − ⟨w, g⟩ − ⟨w, r⟩: equal up to
     # float64 rounding of terms of the size of c, so ties may go either way within 1e-12 c
@@ -184,6 +185,7 @@ def test_prune_layer_xi_rule_and_paper_mode():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(solver="cvxpy"), "verifier"), (dict(solver="newton"), "unknown solver"),
     (dict(lam_rule="magic"), "lam_rule"), (dict(penalty="l2"), "penalty"), (dict(rounds=-1), ">= 0"),
+    (dict(start_refit_iter=-1), "start_refit_iter must be an int >= 0"), (dict(start_refit_iter=2.5), "start_refit_iter"),
     (dict(xi=1.5), "xi"), (dict(quantiles=()), "quantiles"),
     (dict(tol=1e-8), "tol: set by the layer prune itself"), (dict(max_iter=5), "max_iter: set by the layer prune"),
     (dict(rho=1.0), "unknown option.*rho.*valid fista options"),
@@ -243,6 +245,32 @@ def test_default_rounds_run_once_at_half_sparsity_twice_above():
     high = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5)
     two = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5, rounds=2)
     assert torch.equal(high.W, two.W) and high.n_iter == two.n_iter
+
+
+def test_start_refit_runs_start_refit_iter_before_rounds_and_refit_iter_alone(monkeypatch):
+    """The start's refit runs ``start_refit_iter`` CG iterations when rounds follow, ``refit_iter``
+    when the start is the result; each round's refit runs ``refit_iter``."""
+    import fistaopt.layer.prune as layer_prune
+
+    prob, W0, X = layer_problem(24, 48, seed=4)
+    warm = W0 * project(W0.abs() * X.norm(dim=0), parse_pattern("unstructured", 0.5))
+    calls, real = [], layer_prune.refit
+
+    def counting(problem, mask, W_init=None, *, max_iter=100, **kw):
+        calls.append(max_iter)
+        return real(problem, mask, W_init, max_iter=max_iter, **kw)
+
+    monkeypatch.setattr(layer_prune, "refit", counting)
+    alone = prune_layer(prob, "unstructured", sparsity=0.5, warm_start=warm, rounds=0, refit_iter=9)
+    assert calls == [9]
+    calls.clear()
+    prune_layer(prob, "unstructured", sparsity=0.5, warm_start=warm, rounds=2, refit_iter=9, start_refit_iter=3)
+    assert calls == [3, 9, 9]
+    calls.clear()
+    prune_layer(prob, "unstructured", sparsity=0.5, rounds=1, refit_iter=9, start_refit_iter=3)  # λ-search start
+    assert calls == [3, 9]
+    # without rounds the start is the result: refit as far as refit_iter says
+    assert torch.allclose(alone.W, refit_mask(prob, warm != 0, warm, max_iter=9), atol=1e-6)
 
 
 # ------------------------------------------------------------------ precision of the search

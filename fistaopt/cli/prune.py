@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--allocation", choices=ALLOCATION_CHOICES, default=d.allocation,
                    help="sparsity per operator (unstructured only): uniform, owl (per block, from outlier ratios) or "
                         "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly; "
-                        "auto (default): owl for solver methods above 50%% sparsity, uniform otherwise")
+                        "auto (default): owl for solver methods from 65%% sparsity, uniform otherwise")
     p.add_argument("--owl-threshold", type=number, default=d.owl_threshold,
                    help="OWL's M: a Wanda score is an outlier above M × the block's mean")
     p.add_argument("--owl-windows", type=positive_int, default=d.owl_windows,

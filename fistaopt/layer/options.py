@@ -50,6 +50,10 @@ class LayerOptions:
         quantiles: per round, the quantile of the pruned-entry gradient that sets λ_i.
         refit_iter: conjugate-gradient iterations per refit (10: the layer errors of 25 or 50
             to 0.1% on SmolLM2 block 3 at 50%, 70% and 2:4, at 35–40% less layer time).
+        start_refit_iter: conjugate-gradient iterations of the start's refit when ℓ1 rounds
+            follow it (without rounds the start is the result and gets ``refit_iter``).  5:
+            on SmolLM2 block 3 the layer errors rose 0.03–0.14% at 50%, 2:4 and 70% for 10–14%
+            less layer time (docs/pruning.md, "Speed, sixth pass").
         search_steps, search_iter: λ-search steps and iterations (no warm start only).
         penalty: ``"l1"`` (plain ``λ‖W‖₁``) or ``"scaled"`` (``λ Σ_j ‖X*_j‖ |W_ij|``).
         lam_rule: ``"quantile"`` or ``"xi"`` (the paper's rounding-error criterion).
@@ -69,6 +73,7 @@ class LayerOptions:
     round_iter: int = 15
     quantiles: tuple[float, ...] = (0.9, 0.6)
     refit_iter: int = 10
+    start_refit_iter: int = 5
     search_steps: int = 8
     search_iter: int = 20
     penalty: str = "scaled"
@@ -82,7 +87,7 @@ class LayerOptions:
         object.__setattr__(self, "xi_grid", tuple(float(q) for q in self.xi_grid))
         if not isinstance(self.refit, bool):
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
-        for name in ("rounds", "round_iter", "refit_iter", "search_steps", "search_iter"):
+        for name in ("rounds", "round_iter", "refit_iter", "start_refit_iter", "search_steps", "search_iter"):
             value = getattr(self, name)
             if name == "rounds" and value is None:
                 continue

@@ -114,8 +114,9 @@ class _LayerPrune:
         self.unrounded_obj: torch.Tensor | None = None  # known when the start was on the pattern
         self.rounded_obj: torch.Tensor | None = None
 
-    def on_pattern(self, W: torch.Tensor, mask: torch.Tensor) -> Candidate:
-        """``W⊙mask``, refit when asked, as a :class:`Candidate`.
+    def on_pattern(self, W: torch.Tensor, mask: torch.Tensor, refit_iter: int | None = None) -> Candidate:
+        """``W⊙mask``, refit when asked (``refit_iter`` CG iterations, default the options'), as
+        a :class:`Candidate`.
 
         With the refit, both objectives and the gradient come from its residuals (no product
         with ``H``).
@@ -124,14 +125,14 @@ class _LayerPrune:
         if not self.options.refit:
             obj = self.plain.objective(W, per_row=True)
             return Candidate(W, obj, obj, None)
-        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter)
+        r = refit(self.plain, mask, W, max_iter=self.options.refit_iter if refit_iter is None else refit_iter)
         self.cg_iter += r.iterations
         return Candidate(r.W, 0.5 * r.start_r2, 0.5 * r.r2, r.neg_gradient)
 
-    def round_and_refit(self, W_l1: torch.Tensor) -> Candidate:
+    def round_and_refit(self, W_l1: torch.Tensor, refit_iter: int | None = None) -> Candidate:
         """``W_l1`` rounded to the pattern (and refit)."""
         mask = project(rounding_scores(W_l1, self.work.H), self.pat)
-        return self.on_pattern(W_l1, mask)
+        return self.on_pattern(W_l1, mask, refit_iter)
 
     def relative(self, rows: torch.Tensor) -> float:
         """Relative error ``Σ r²_i / Σ c_i`` from per-row objectives ``½ r²_i`` of :attr:`plain`."""
@@ -142,16 +143,18 @@ class _LayerPrune:
         denom = float(self.plain.c.to(torch.float64).sum())
         return residual / denom if denom > 0 else residual
 
-    def start(self, warm_start: torch.Tensor | None) -> None:
-        """The first candidate: the refit warm start, or the rounded end of the λ search."""
+    def start(self, warm_start: torch.Tensor | None, rounds: int) -> None:
+        """The first candidate: the refit warm start, or the rounded end of the λ search; its
+        refit runs ``start_refit_iter`` CG iterations when ``rounds`` follow, else ``refit_iter``."""
         work = self.work
+        refit_iter = self.options.start_refit_iter if rounds > 0 else self.options.refit_iter
         if warm_start is not None:
             W_l1 = work.check_W(warm_start, "warm_start")
             if not satisfies(W_l1, self.pat):
                 raise ValueError(f"warm_start does not satisfy the pattern {self.pat}")
             self.lam = torch.zeros(work.d_out, dtype=work.dtype, device=work.device)
             # on the pattern already: its error stands for the ℓ1 solution's unless a round replaces it
-            first = self.on_pattern(W_l1, W_l1 != 0)
+            first = self.on_pattern(W_l1, W_l1 != 0, refit_iter)
             self.unrounded_obj = first.rounded_obj
         else:
             keep = float(self.pat.keep_per_row(work.d_in))
@@ -160,7 +163,7 @@ class _LayerPrune:
             self.lam, W_l1, self.n_iter, self.info["search_nnz_error"] = search_lam(
                 work, target, W_zero, solver=self.solver, steps=self.options.search_steps,
                 iters=self.options.search_iter, solver_options=self.solver_options)
-            first = self.round_and_refit(W_l1)
+            first = self.round_and_refit(W_l1, refit_iter)
             self.rounded_obj, self.unrounded = first.rounded_obj, W_l1
         self.best, self.best_obj, self.best_neg_grad = first.W, first.obj, first.neg_gradient
         self.info["start_error"] = self.relative(self.best_obj)
@@ -256,7 +259,8 @@ def prune_layer(
     run = _LayerPrune(problem, pat, solver, options, solver_options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        run.start(warm_start)
-        for r in range(options.rounds_for(pat)):
+        rounds = options.rounds_for(pat)
+        run.start(warm_start, rounds)
+        for r in range(rounds):
             run.round(r)
     return run.finish(problem.dtype, started)
