@@ -7,7 +7,8 @@ d_in)``) and a sparsity pattern:
 1. **Start.**  With a warm start (Wanda's or SparseGPT's weights on the pattern) its
    mask is refit; without one, a per-row λ search on the ℓ1 path
    (:func:`fistaopt.layer.lam.search_lam`) gives an ℓ1 solution with about the kept
-   count per row, which is rounded and refit.
+   count per row, which is rounded and refit.  Either refit runs ``start_refit_iter``
+   CG iterations when rounds follow (``refit_iter`` when the start is the result).
 2. **Rounds.**  Each round sets a per-row λ from the gradient at the best point
    (:mod:`fistaopt.layer.lam`), runs the ℓ1 solver from there, rounds to the pattern by
    the scaled magnitude ``|W_ij|·√H_jj`` and refits the kept weights
