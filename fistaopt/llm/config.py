@@ -59,11 +59,7 @@ ALLOCATION_CHOICES = ("auto", *ALLOCATIONS)
 
 
 #: The sparsity from which ``allocation="auto"`` is OWL for solver methods (unstructured
-#: patterns).  Measured on SmolLM2-135M, fista, OWL against uniform (WikiText-2 / held-out
-#: perplexity; docs/pruning.md, "OWL from 65%"): at 60% 86.92 / 45.47 against 86.00 / 43.71
-#: (seed 0) and 86.20 / 44.71 against 86.10 / 44.18 (seed 1); at 65% 122.38 / 59.26 against
-#: 126.87 / 58.19 (seed 0) and 117.24 / 59.72 against 130.73 / 57.62 (seed 1); at 70% the
-#: three-seed means 172.83 / 81.83 against 192.26 / 80.25.
+#: patterns); the measurements behind it are in :func:`auto_allocation`.
 OWL_FROM_SPARSITY = 0.65
 
 
@@ -72,13 +68,12 @@ def auto_allocation(method: str, pattern: Pattern, max_deviation: float) -> str:
     sparsities from :data:`OWL_FROM_SPARSITY` (65%), uniform otherwise (below it, N:M, the
     baselines in their published protocol, and where ``sparsity + max_deviation`` would reach 1).
 
-    Measured on SmolLM2-135M, fista (WikiText-2 / held-out perplexity, docs/pruning.md): at 70%
-    (calibration seeds 0, 1, 2) uniform 191.93 / 77.99, 191.72 / 80.66, 193.11 / 82.09; OWL
-    with 8 windows 168.56 / 79.68, 171.96 / 82.93, 177.97 / 82.89, a 10% lower WikiText-2
-    perplexity against a 2% higher held-out one; at 65% 3.5% and 10.3% lower against 1.8% and
-    3.6% higher (seeds 0 and 1); at 60% no better on WikiText-2 and 1–4% worse on held-out
-    text (seeds 0, 1); at 50% OWL lost on WikiText-2 (52.30 / 29.89 against 50.87 / 30.04,
-    seed 0).
+    Measured on SmolLM2-135M, fista, OWL (8 windows) against uniform (WikiText-2 / held-out
+    perplexity; docs/pruning.md, "OWL from 65%"): at 70% (calibration seeds 0, 1, 2) 168.56 /
+    79.68, 171.96 / 82.93, 177.97 / 82.89 against 191.93 / 77.99, 191.72 / 80.66, 193.11 /
+    82.09; at 65% 122.38 / 59.26 against 126.87 / 58.19 (seed 0) and 117.24 / 59.72 against
+    130.73 / 57.62 (seed 1); at 60% 86.92 / 45.47 against 86.00 / 43.71 (seed 0) and 86.20 /
+    44.71 against 86.10 / 44.18 (seed 1); at 50% 52.30 / 29.89 against 50.87 / 30.04 (seed 0).
     """
     if (is_baseline(method) or pattern.kind == "nm" or pattern.sparsity < OWL_FROM_SPARSITY
             or pattern.sparsity + max_deviation >= 1):
