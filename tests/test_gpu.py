@@ -242,7 +242,7 @@ def test_cuda_stepped_forwards_prune_like_recomputed_inputs(monkeypatch):
     weights = {}
     for stepped in (False, True):
         if not stepped:
-            monkeypatch.setattr(streams, "stepped_forward_budget", lambda device: 0)
+            monkeypatch.setattr(streams, "stepped_forward_budget", lambda device, cache_bytes=None: 0)
         else:
             monkeypatch.undo()
         model = tiny_model("llama")

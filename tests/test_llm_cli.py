@@ -60,6 +60,7 @@ def _one_line_error(capsys, rc, pattern):
         (["prune", "--out", "x", "--save-dtype", "int8"], "argument --save-dtype: invalid choice: 'int8'"),
         (["prune", "--out", "x", "--precision", "half"], "argument --precision: invalid choice: 'half'"),
         (["prune", "--out", "x", "--blocks", "a-b"], "expected block indices"),
+        (["prune", "--out", "x", "--cache-gib", "-1"], "--cache-gib must be >= 0"),
         (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "no such model folder or file: /no/such/model"),
         (["prune", "no-such-hub-id", "--out", "x", "--eval-tokens", "0"], "hub id needs network access"),
         (["eval", "/no/such/model"], "no such model folder or file"),

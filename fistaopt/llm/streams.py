@@ -54,13 +54,14 @@ DENSE_INPUT_CACHE_BYTES = 1 << 30
 STEPPED_FORWARD_BYTES = 4 << 30
 
 
-def stepped_forward_budget(device: torch.device) -> int:
+def stepped_forward_budget(device: torch.device, cache_bytes: int | None = None) -> int:
     """Bytes the paused forwards may hold on ``device``: :data:`STEPPED_FORWARD_BYTES` on the
-    CPU, half the free memory of a CUDA device (their activations live there)."""
+    CPU, half the free memory of a CUDA device (their activations live there); at most
+    ``cache_bytes`` when given (``PruneConfig.cache_bytes``), which replaces the CPU default."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free) // 2
-    return STEPPED_FORWARD_BYTES
+        return int(free) // 2 if cache_bytes is None else min(int(free) // 2, cache_bytes)
+    return STEPPED_FORWARD_BYTES if cache_bytes is None else cache_bytes
 
 
 @dataclass
@@ -75,6 +76,8 @@ class BlockWork:
     calls: list[BlockCall]  # per calibration batch
     device: torch.device
     skip: int = 0  # leading positions left out of the statistics
+    cache_bytes: int | None = None  # PruneConfig.cache_bytes: None, the module's budgets
+    held: int = 0  # estimated bytes of the paused forwards, once started
     dense: nn.Module | None = None  # an unpruned copy, when the stream needs one
     outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
     cached_groups: list[OperatorGroup] = field(default_factory=list)
@@ -89,10 +92,12 @@ class BlockWork:
         return skip_tokens(x, self.skip)
 
     def cache_dense_inputs(self, groups: list[OperatorGroup], hidden: Hidden) -> None:
-        """Capture ``groups``' dense inputs together when they fit :data:`DENSE_INPUT_CACHE_BYTES`."""
+        """Capture ``groups``' dense inputs together when they fit :data:`DENSE_INPUT_CACHE_BYTES`
+        (with ``cache_bytes``: what the paused forwards leave of it)."""
         tokens = sum(h.numel() // h.shape[-1] for h in hidden)
         size = hidden[0].element_size() if hidden else 4
-        if groups and tokens * sum(g.d_in for g in groups) * size <= DENSE_INPUT_CACHE_BYTES:
+        budget = DENSE_INPUT_CACHE_BYTES if self.cache_bytes is None else self.cache_bytes - self.held
+        if groups and tokens * sum(g.d_in for g in groups) * size <= budget:
             self.cached_groups = list(groups)
 
     def dense_input(self, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -140,9 +145,11 @@ class PrunedStream:
     def start_pruned_forwards(self, work: BlockWork, groups: list[OperatorGroup]) -> None:
         """With error correction: one forward of the block per batch, paused before each of
         ``groups``, when it fits :func:`stepped_forward_budget` (else ``X*`` is recomputed per group)."""
-        if held_bytes(self.hidden, [g.d_in for g in groups]) <= stepped_forward_budget(work.device):
+        held = held_bytes(self.hidden, [g.d_in for g in groups])
+        if held <= stepped_forward_budget(work.device, work.cache_bytes):
             work.pruned_forwards = SteppedForwards(work.block, [g.operators[0].module for g in groups], work.calls,
                                                    self.hidden, work.device)
+            work.held = held
 
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
