@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         with ctx.Pool(1) as pool:
             row = pool.apply(one_prune, (args, gib))
         first = first or row["weights_sha256"]
-        row["same_weights_as_first"] = row.pop("weights_sha256") == first
+        row["same_weights_as_first"] = row["weights_sha256"] == first
         row.update(nsamples=args.nsamples, seqlen=args.seqlen, blocks=args.blocks, method=args.method,
                    sparsity=args.sparsity, threads=args.threads)
         print(json.dumps(row), flush=True)
