@@ -1,6 +1,6 @@
 """What error correction's caches cost: peak memory and seconds of a prune per ``cache_bytes``.
 
-Prunes the first ``--blocks`` decoder blocks of SmolLM2 (or ``--model``) with the benchmark
+Prunes the ``--blocks`` decoder blocks of SmolLM2 (or ``--model``) with the benchmark
 protocol's calibration (``--nsamples`` windows of ``--seqlen`` tokens of the non-held-out
 articles, seed 0), once per ``--cache-gib`` value, each in a fresh process (so each peak is
 its own), and prints one JSON line per value: the prune's seconds, the process's peak
@@ -21,6 +21,8 @@ import json
 import multiprocessing as mp
 import resource
 import time
+
+from fistaopt.cli.common import block_list
 
 
 def parse_budgets(text: str) -> list[float | None]:
@@ -73,14 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--blocks", default="0-1", help="the first blocks to prune, as lo-hi")
+    ap.add_argument("--blocks", type=block_list, default=[0, 1], help="the blocks to prune, e.g. 0-1 or 0,2,5")
     ap.add_argument("--cache-gib", default="default,0", help="cache_bytes values in GiB, comma-separated")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     try:
         budgets = parse_budgets(args.cache_gib)
-        lo, _, hi = args.blocks.partition("-")
-        args.blocks = list(range(int(lo), int(hi or lo) + 1))
     except ValueError as e:
         ap.error(str(e))
     ctx = mp.get_context("spawn")
