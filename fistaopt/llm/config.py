@@ -146,6 +146,15 @@ class PruneConfig:
         owl_windows: OWL reads its statistics from the first calibration batches that hold
             this many windows (None: all of them); :data:`fistaopt.llm.allocation.OWL_WINDOWS`
             by default, where SmolLM2-135M's block sparsities are those of 32 windows to 0.002.
+        tune_epochs: after each block is pruned, passes of Adam over the calibration windows
+            that tune the block's kept linear weights (masks fixed) toward the dense block's
+            output on the same input (:mod:`fistaopt.llm.block_tune`); 0 (default): none.
+            Needs error correction and ``block_inputs="pruned"``, one process.  On
+            SmolLM2-135M at 50%, one epoch lowered WikiText-2 perplexity 51.16 → 48.82 and
+            cost about 8 s per block on one CPU thread (docs/pruning.md, "Block tuning").
+        tune_lr: Adam's step size for the tuning.
+        tune_micro_batch: calibration windows per Adam step.
+        tune_windows: windows per tuning epoch, the first ones (None: all).
         layer: how one layer is pruned (solver methods).
         solver_options: options of the ℓ1 solver (e.g. ``precondition``, ``device``).
     """
@@ -170,6 +179,10 @@ class PruneConfig:
     owl_threshold: float = 5.0
     max_deviation: float = 0.08
     owl_windows: int | None = OWL_WINDOWS
+    tune_epochs: int = 0
+    tune_lr: float = 1e-4
+    tune_micro_batch: int = 1
+    tune_windows: int | None = None
     layer: LayerOptions = field(default_factory=LayerOptions)
     solver_options: dict[str, Any] = field(default_factory=dict)
 
@@ -210,6 +223,19 @@ class PruneConfig:
             set_(self, "save_problems", str(self.save_problems))
         _one_of("bos", self.bos, BOS_CHOICES)
         self._check_allocation()
+        if not _is_int(self.tune_epochs) or self.tune_epochs < 0:
+            raise ValueError(f"tune_epochs must be an int >= 0, got {self.tune_epochs!r}")
+        if isinstance(self.tune_lr, bool) or not isinstance(self.tune_lr, (int, float)) or not self.tune_lr > 0:
+            raise ValueError(f"tune_lr must be a number > 0, got {self.tune_lr!r}")
+        object.__setattr__(self, "tune_lr", float(self.tune_lr))
+        if not _is_int(self.tune_micro_batch) or self.tune_micro_batch < 1:
+            raise ValueError(f"tune_micro_batch must be a positive int, got {self.tune_micro_batch!r}")
+        if self.tune_epochs and not self.error_correction:
+            raise ValueError("tune_epochs needs error_correction=True (the dense block's copy gives the targets)")
+        if self.tune_epochs and self.block_inputs != "pruned":
+            raise ValueError(f"tune_epochs needs block_inputs='pruned', got {self.block_inputs!r}")
+        if self.tune_windows is not None and (not _is_int(self.tune_windows) or self.tune_windows < 1):
+            raise ValueError(f"tune_windows must be a positive int (or None: every window), got {self.tune_windows!r}")
         if not isinstance(self.layer, LayerOptions):
             raise ValueError(f"layer must be a LayerOptions, got {type(self.layer).__name__}")
         if is_baseline(self.method):

@@ -129,6 +129,8 @@ def run_block_loop(
     selected = config.check_blocks(len(blocks))
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
+    if config.tune_epochs and comm.distributed:
+        raise ValueError("tune_epochs needs a single process (the tuning steps are not shared between ranks)")
     by_blocks = _parallel_blocks(parallel, config, checkpoint_dir) and comm.distributed
     if by_blocks and not residency.holds_blocks:
         raise ValueError("parallel='blocks' needs the whole model in memory; use parallel='rows' in low-memory mode")
@@ -166,9 +168,11 @@ def run_block_loop(
         residency.load(i)
         with _peak_memory(exec_device, report, i):
             if i in selected:
-                prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
-                            on_operator=on_operator, accumulator=accumulator, comm=comm,
-                            sparsities=sparsities(i))
+                tuned = prune_block(blocks[i], i, calls, stream, config, device=exec_device, last=last,
+                                    on_operator=on_operator, accumulator=accumulator, comm=comm,
+                                    sparsities=sparsities(i))
+                if tuned is not None:
+                    report.tuning.append(tuned.to_dict())
             else:
                 run_dense(i, stream)
         if ckpt is not None:

@@ -40,6 +40,8 @@ class PruneReport:
     written at the top level of :meth:`to_dict`.  ``allocation`` is a non-uniform
     allocation's targets (:meth:`fistaopt.llm.allocation.Allocation.to_dict`), written with
     each operator's and block's realised sparsity from the records (None: uniform).
+    ``tuning`` holds one entry per block whose kept weights were tuned
+    (:class:`fistaopt.llm.block_tune.TuneRecord` as a dict; empty without ``tune_epochs``).
     """
 
     settings: dict[str, Any]
@@ -47,6 +49,7 @@ class PruneReport:
     totals: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     allocation: dict[str, Any] | None = None
+    tuning: list[dict[str, Any]] = field(default_factory=list)
 
     def summarize(self) -> dict[str, Any]:
         """Recompute ``totals`` from the records and return them."""
@@ -65,11 +68,12 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         """``settings``, ``totals``, the ``extra`` entries (at the top level) and ``records``."""
-        clash = sorted(set(self.extra) & {"settings", "totals", "records", "allocation"})
+        clash = sorted(set(self.extra) & {"settings", "totals", "records", "allocation", "tuning"})
         if clash:
             raise ValueError(f"report extra entries may not be named {clash}")
         alloc = {} if self.allocation is None else {"allocation": self.realised_allocation()}
-        return {"settings": self.settings, "totals": self.totals, **self.extra, **alloc,
+        tuning = {"tuning": self.tuning} if self.tuning else {}
+        return {"settings": self.settings, "totals": self.totals, **self.extra, **alloc, **tuning,
                 "records": [asdict(r) for r in self.records]}
 
     def realised_allocation(self) -> dict[str, Any]:

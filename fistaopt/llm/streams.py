@@ -82,6 +82,8 @@ class BlockWork:
     outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
     cached_groups: list[OperatorGroup] = field(default_factory=list)
     pruned_forwards: SteppedForwards | None = None  # the block's paused forwards, when they fit
+    keep_dense_outputs: bool = False  # the shared dense forward runs to its end (block tuning's targets)
+    dense_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # by batch, when kept
     _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -108,8 +110,11 @@ class BlockWork:
         if b not in self._dense_inputs:
             names = [g.operators[0].name for g in self.cached_groups]
             modules = [self.dense.get_submodule(n) for n in names]
+            outputs: list[torch.Tensor] | None = [] if self.keep_dense_outputs else None
             self._dense_inputs[b] = dict(zip(names, inputs_of_many(self.dense, modules, self.calls[b], hidden,
-                                                                    self.device)))
+                                                                    self.device, outputs)))
+            if outputs:
+                self.dense_outputs[b] = outputs[0]
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
 
     def pruned_inputs(self, group: OperatorGroup, hidden: Hidden) -> Iterator[torch.Tensor]:
@@ -166,13 +171,17 @@ class PrunedStream:
             for acc, x in zip(accs, inputs_of_many(work.block, modules, work.calls[b], h, work.device)):
                 acc.add(skip_tokens(x, work.skip))
 
-    def advance(self, work: BlockWork) -> None:
-        """The next block's inputs: the pruned block's outputs (the stepped forwards' ends, or recomputed)."""
+    def block_outputs(self, work: BlockWork) -> Hidden:
+        """The pruned block's outputs, one per batch (the stepped forwards' ends, or recomputed)."""
         if work.pruned_forwards is not None:
-            self.hidden = work.pruned_forwards.finish()
+            out = work.pruned_forwards.finish()
             work.pruned_forwards = None
-        else:
-            self.hidden = [run_block(work.block, work.calls[b], h, work.device) for b, h in enumerate(self.hidden)]
+            return out
+        return [run_block(work.block, work.calls[b], h, work.device) for b, h in enumerate(self.hidden)]
+
+    def advance(self, work: BlockWork) -> None:
+        """The next block's inputs: the pruned block's outputs."""
+        self.hidden = self.block_outputs(work)
 
     def pass_through(self, block: nn.Module, calls: list[BlockCall], device: torch.device) -> None:
         """Run a block that stays dense."""

@@ -1,0 +1,136 @@
+"""Block reconstruction: after a block's operators are pruned, tune its kept weights jointly.
+
+Every operator was fitted alone, to its own output.  The block's output goes through
+attention's softmax and the MLP's gate, which the operator problems do not see.  With the
+masks fixed, a few passes of Adam over the calibration batches lower the block's error
+
+    L(W) = Σ_b ‖f(h*_b; W ⊙ M) − f(h*_b; W₀)‖² / Σ_b ‖f(h*_b; W₀)‖²,
+
+where ``h*_b (batch, seqlen, d)`` is the pruned model's input of the block for calibration
+batch ``b``, ``f(·; W₀)`` the dense block (the target) and ``M`` the masks of the pruned
+linear weights (zeros stay zeros).  Only the linear weights move; norms and biases keep
+their values.  Each batch is split into micro-batches of ``micro_batch`` sequences, one
+Adam step each.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fistaopt.llm.capture import BlockCall, block_output
+from fistaopt.llm.model import linear_modules
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneRecord:
+    """What a block's tuning did: its relative output error on the calibration batches
+    before and after, the Adam steps taken and the seconds spent."""
+
+    block: int
+    error_before: float
+    error_after: float
+    steps: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "error_before": self.error_before, "error_after": self.error_after,
+                "steps": self.steps, "seconds": self.seconds}
+
+
+def _split(value: Any, n: int, start: int, stop: int) -> Any:
+    """``value`` cut to rows ``start:stop`` where its first dimension is the batch's ``n`` rows."""
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.ndim > 0 and value.shape[0] == n and n > 1 else value
+    if isinstance(value, tuple):
+        return tuple(_split(v, n, start, stop) for v in value)
+    if isinstance(value, list):
+        return [_split(v, n, start, stop) for v in value]
+    if isinstance(value, dict):
+        return {k: _split(v, n, start, stop) for k, v in value.items()}
+    return value
+
+
+def _micro_calls(call: BlockCall, hidden: torch.Tensor, size: int) -> list[tuple[BlockCall, slice]]:
+    n = int(hidden.shape[0])
+    return [(BlockCall(_split(call.args, n, s, min(s + size, n)), _split(call.kwargs, n, s, min(s + size, n))),
+             slice(s, min(s + size, n))) for s in range(0, n, size)]
+
+
+def _sq(a: torch.Tensor, b: torch.Tensor | None = None) -> float:
+    d = a.float() if b is None else a.float() - b.float()
+    return float(d.pow(2).sum())
+
+
+def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidden: list[torch.Tensor],
+               outputs: list[torch.Tensor], device: torch.device, targets: list[torch.Tensor | None] | None = None,
+               *, index: int, epochs: int, lr: float,
+               micro_batch: int = 1, windows: int | None = None) -> tuple[list[torch.Tensor], TuneRecord]:
+    """Tune ``block``'s kept linear weights in place toward ``dense``'s outputs (module docstring).
+
+    ``hidden[b]`` is batch ``b``'s input ``(batch, seqlen, d)``, ``calls[b]`` its call
+    arguments and ``outputs[b]`` the pruned block's output before tuning (on the CPU);
+    ``targets[b]`` the dense block's output where the caller has it already (None: computed).
+    Returns the block's outputs after tuning, or ``outputs`` with the weights restored where
+    tuning did not lower the calibration error.
+    """
+    t0 = time.perf_counter()
+    given = targets if targets is not None else [None] * len(calls)
+    with torch.no_grad():
+        targets = [t if t is not None else block_output(c.run(dense, h.to(device), device)).detach().cpu()
+                   for t, c, h in zip(given, calls, hidden)]
+    weights = [m.weight for m in linear_modules(block).values()]
+    masks = [(w != 0) for w in weights]
+    saved = [w.detach().clone() for w in weights]
+    den = sum(_sq(t) for t in targets)
+    before = sum(_sq(o, t) for o, t in zip(outputs, targets)) / den
+    flags = {id(p): p.requires_grad for p in block.parameters()}
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for w in weights:
+        w.requires_grad_(True)
+    opt = torch.optim.Adam(weights, lr=lr)
+    scale = den / sum(t.numel() for t in targets)
+    steps = 0
+    try:
+        with torch.enable_grad():
+            for _ in range(epochs):
+                seen = 0
+                for call, h, t in zip(calls, hidden, targets):
+                    for mcall, rows in _micro_calls(call, h, micro_batch):
+                        if windows is not None and seen >= windows:
+                            break
+                        seen += rows.stop - rows.start
+                        out = block_output(mcall.run(block, h[rows].to(device), device))
+                        loss = (out.float() - t[rows].to(device).float()).pow(2).mean() / scale
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        with torch.no_grad():
+                            for w, m in zip(weights, masks):
+                                w.mul_(m)
+                        steps += 1
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+        for p in block.parameters():
+            p.requires_grad_(flags[id(p)])
+    with torch.no_grad():
+        tuned = [block_output(c.run(block, h.to(device), device)).detach().cpu() for c, h in zip(calls, hidden)]
+    after = sum(_sq(o, t) for o, t in zip(tuned, targets)) / den
+    if not after < before:
+        with torch.no_grad():
+            for w, s in zip(weights, saved):
+                w.copy_(s)
+        tuned, after = outputs, before
+    record = TuneRecord(index, before, after, steps, time.perf_counter() - t0)
+    logger.info("block %d tuned: output error %.5f -> %.5f (%d steps, %.1f s)", index, before, after, steps,
+                record.seconds)
+    return tuned, record

@@ -1,0 +1,147 @@
+"""Block reconstruction after pruning (fistaopt.llm.block_tune): masks kept, error lowered, clean fallbacks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fistaopt.llm import PruneConfig, find_blocks, prune
+from fistaopt.llm.block_tune import _micro_calls, tune_block
+from fistaopt.llm.capture import block_output, capture_block_inputs, run_block
+from fistaopt.llm.model import linear_modules
+from llm_fixtures import ARCHS, calib, tiny_model
+
+
+def _pruned_first_block(arch, sparsity=0.5):
+    """Block 0 of a tiny model, its dense copy, calls and inputs (2 batches of 2 windows), half
+    of every linear weight zeroed by magnitude."""
+    model = tiny_model(arch)
+    inputs = capture_block_inputs(model, calib(nsamples=4, seqlen=16).split(2))
+    block = find_blocks(model)[1][0]
+    dense = copy.deepcopy(block)
+    with torch.no_grad():
+        for m in linear_modules(block).values():
+            w = m.weight
+            k = int(w.numel() * sparsity)
+            cut = w.abs().flatten().kthvalue(k).values
+            w.mul_(w.abs() > cut)
+    calls = [c[0] for c in inputs.calls]
+    return block, dense, calls, inputs.hidden
+
+
+def _outputs(block, calls, hidden):
+    return [run_block(block, c, h, torch.device("cpu")) for c, h in zip(calls, hidden)]
+
+
+def _error(outputs, targets):
+    return sum(float((o - t).pow(2).sum()) for o, t in zip(outputs, targets)) / sum(
+        float(t.pow(2).sum()) for t in targets)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_micro_batches_give_the_full_batch_outputs(arch):
+    """Splitting a batch's call arguments row by row changes nothing in the block's outputs."""
+    block, _, calls, hidden = _pruned_first_block(arch)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        full = block_output(calls[0].run(block, hidden[0], cpu))
+        parts = [block_output(c.run(block, hidden[0][rows], cpu)) for c, rows in _micro_calls(calls[0], hidden[0], 1)]
+    assert len(parts) == hidden[0].shape[0]
+    torch.testing.assert_close(torch.cat(parts), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tuning_keeps_the_masks_and_lowers_the_block_error(arch):
+    block, dense, calls, hidden = _pruned_first_block(arch)
+    zeros = {n: m.weight == 0 for n, m in linear_modules(block).items()}
+    others = {n: p.detach().clone() for n, p in block.named_parameters() if not n.endswith("weight")
+              or n.rsplit(".", 1)[0] not in zeros}
+    before = _outputs(block, calls, hidden)
+    targets = _outputs(dense, calls, hidden)
+    tuned, record = tune_block(block, dense, calls, hidden, before, torch.device("cpu"), index=0, epochs=3,
+                               lr=1e-3)
+    for n, m in linear_modules(block).items():
+        assert bool((m.weight[zeros[n]] == 0).all()), f"{n}: a pruned weight came back"
+    for n, p in block.named_parameters():
+        if n in others:
+            assert torch.equal(p, others[n]), f"{n} is not a linear weight and must not move"
+        assert p.requires_grad is True  # restored as they were (a fresh model trains)
+    assert record.steps == 3 * 4  # 3 epochs x 4 windows, one window per step
+    assert record.error_after < record.error_before
+    assert record.error_before == pytest.approx(_error(before, targets), rel=1e-5)
+    assert record.error_after == pytest.approx(_error(_outputs(block, calls, hidden), targets), rel=1e-5)
+    for t, o in zip(tuned, _outputs(block, calls, hidden)):
+        torch.testing.assert_close(t, o)
+
+
+def test_tuning_that_does_not_help_is_undone():
+    """A step size that blows the error up restores the weights and returns the outputs it got."""
+    block, dense, calls, hidden = _pruned_first_block("llama")
+    weights = {n: m.weight.detach().clone() for n, m in linear_modules(block).items()}
+    before = _outputs(block, calls, hidden)
+    tuned, record = tune_block(block, dense, calls, hidden, before, torch.device("cpu"), index=0, epochs=2, lr=10.0)
+    assert record.error_after == record.error_before
+    assert tuned is before
+    for n, m in linear_modules(block).items():
+        assert torch.equal(m.weight, weights[n])
+
+
+def test_tune_windows_limits_the_steps():
+    block, dense, calls, hidden = _pruned_first_block("llama")
+    before = _outputs(block, calls, hidden)
+    _, record = tune_block(block, dense, calls, hidden, before, torch.device("cpu"), index=0, epochs=2, lr=1e-3,
+                           micro_batch=1, windows=3)
+    assert record.steps == 2 * 3
+    _, record = tune_block(block, dense, calls, hidden, before, torch.device("cpu"), index=0, epochs=1, lr=1e-3,
+                           micro_batch=2)
+    assert record.steps == 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prune_with_tuning_keeps_the_exact_pattern_and_lowers_the_error(arch):
+    """The whole prune: every operator still at its sparsity, per row; the report holds the
+    blocks' errors, each lower after tuning."""
+    model = tiny_model(arch)
+    report = prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, tune_epochs=2, tune_lr=1e-4,
+                   progress=False)
+    for block in find_blocks(model)[1]:
+        for n, m in linear_modules(block).items():
+            w = m.weight.T if type(m).__name__ == "Conv1D" else m.weight  # (d_out, d_in)
+            assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all()), n
+    tuned = report.tuning
+    assert [t["block"] for t in tuned] == list(range(len(find_blocks(model)[1])))
+    assert all(t["error_after"] <= t["error_before"] for t in tuned)
+    assert any(t["error_after"] < t["error_before"] for t in tuned)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tune_epochs": -1}, "tune_epochs must be an int >= 0"),
+    ({"tune_epochs": 1.5}, "tune_epochs must be an int >= 0"),
+    ({"tune_lr": 0}, "tune_lr must be a number > 0"),
+    ({"tune_micro_batch": 0}, "tune_micro_batch must be a positive int"),
+    ({"tune_windows": 0}, "tune_windows must be a positive int"),
+    ({"tune_epochs": 1, "error_correction": False}, "tune_epochs needs error_correction=True"),
+    ({"tune_epochs": 1, "block_inputs": "dense"}, "tune_epochs needs block_inputs='pruned'"),
+])
+def test_tune_options_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PruneConfig(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_shared_dense_forward_gives_the_block_output_too(arch):
+    """``inputs_of_many(..., outputs=[])`` (the tuning targets) runs to the end: same inputs, and
+    the output of a full forward."""
+    from fistaopt.llm.capture import inputs_of_many
+
+    block, dense, calls, hidden = _pruned_first_block(arch)
+    modules = list(linear_modules(dense).values())
+    stopped = inputs_of_many(dense, modules, calls[0], hidden[0])
+    outputs: list[torch.Tensor] = []
+    full = inputs_of_many(dense, modules, calls[0], hidden[0], outputs=outputs)
+    for a, b in zip(stopped, full):
+        assert torch.equal(a, b)
+    assert len(outputs) == 1
+    assert torch.equal(outputs[0], run_block(dense, calls[0], hidden[0]))
