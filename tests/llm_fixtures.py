@@ -55,6 +55,18 @@ def calib(nsamples: int = 4, seqlen: int = 16, seed: int = 0) -> torch.Tensor:
 CHARS = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
 
 
+class Interrupt(Exception):
+    """Raised by :func:`stop_after_block` to stop a prune as a crash would."""
+
+
+def stop_after_block(index: int):
+    """A ``prune`` callback that raises :class:`Interrupt` once block ``index`` is committed."""
+    def callback(i, report):
+        if i == index:
+            raise Interrupt
+    return callback
+
+
 def char_tokenizer():
     """A character-level fast tokenizer with < 128 tokens (ids fit the tiny models)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

@@ -11,7 +11,7 @@ from fistaopt.llm import PruneConfig, find_blocks, prune
 from fistaopt.llm.block_tune import _micro_calls, tune_block
 from fistaopt.llm.capture import block_output, capture_block_inputs, run_block
 from fistaopt.llm.model import linear_modules
-from llm_fixtures import ARCHS, calib, tiny_model
+from llm_fixtures import ARCHS, Interrupt, calib, stop_after_block, tiny_model
 
 
 def _pruned_first_block(arch, sparsity=0.5):
@@ -124,6 +124,9 @@ def test_prune_with_tuning_keeps_the_exact_pattern_and_lowers_the_error(arch):
     ({"tune_windows": 0}, "tune_windows must be a positive int"),
     ({"tune_epochs": 1, "error_correction": False}, "tune_epochs needs error_correction=True"),
     ({"tune_epochs": 1, "block_inputs": "dense"}, "tune_epochs needs block_inputs='pruned'"),
+    ({"tune_target": "dense"}, "tune_target must be one of block, model"),
+    ({"tune_skip_groups": -1}, "tune_skip_groups must be an int >= 0"),
+    ({"tune_skip_groups": True}, "tune_skip_groups must be an int >= 0"),
 ])
 def test_tune_options_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -145,3 +148,93 @@ def test_the_shared_dense_forward_gives_the_block_output_too(arch):
         assert torch.equal(a, b)
     assert len(outputs) == 1
     assert torch.equal(outputs[0], run_block(dense, calls[0], hidden[0]))
+
+
+def test_only_the_named_operators_move():
+    block, dense, calls, hidden = _pruned_first_block("llama")
+    weights = {n: m.weight.detach().clone() for n, m in linear_modules(block).items()}
+    moving = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    _, record = tune_block(block, dense, calls, hidden, _outputs(block, calls, hidden), torch.device("cpu"),
+                           index=0, epochs=3, lr=1e-3, operators=moving)
+    assert record.error_after < record.error_before
+    for n, m in linear_modules(block).items():
+        assert torch.equal(m.weight, weights[n]) == (n not in moving), n
+
+
+def _first_group(model, ids):
+    """The names of block 0's first operator group (the operators that read the block's input)."""
+    from fistaopt.llm.capture import to_device
+    from fistaopt.llm.model import block_operators
+
+    inputs = capture_block_inputs(model, [ids])
+    block, call = find_blocks(model)[1][0], inputs.calls[0][0]
+    return set(block_operators(block, (inputs.hidden[0], *to_device(call.args, None)), call.kwargs)[0].names)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_skipped_groups_keep_their_pruned_weights(arch):
+    """``tune_skip_groups=1``: block 0's first group is as the prune left it (the same as an
+    untuned prune's), every later operator tuned."""
+    ids = calib(nsamples=4, seqlen=16)
+    kw = dict(method="fista", sparsity=0.5, blocks=(0,), progress=False)
+    untuned, tuned = tiny_model(arch), tiny_model(arch)
+    first = _first_group(tiny_model(arch), ids)
+    prune(untuned, ids, **kw)
+    report = prune(tuned, ids, tune_epochs=3, tune_lr=1e-4, tune_skip_groups=1, **kw)
+    assert report.tuning[0]["error_after"] < report.tuning[0]["error_before"]
+    a, b = (linear_modules(find_blocks(m)[1][0]) for m in (untuned, tuned))
+    assert first and set(a) > first
+    for n in a:
+        assert torch.equal(a[n].weight, b[n].weight) == (n in first), n
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_model_target_is_the_dense_models_hidden_states(arch):
+    """``tune_target="model"``: the stream's targets after block ``i`` are the dense model's
+    hidden states there, whatever the pruned stream carries."""
+    from fistaopt.llm.streams import PrunedStream
+
+    model, ids = tiny_model(arch), calib(nsamples=4, seqlen=16)
+    with torch.no_grad():
+        states = model(ids, output_hidden_states=True).hidden_states
+    inputs = capture_block_inputs(model, ids.split(2))
+    blocks = find_blocks(model)[1]
+    stream = PrunedStream(inputs.hidden)
+    for i, block in enumerate(blocks[:-1]):  # the last hidden state has the final norm applied
+        targets = stream.dense_model_outputs(block, [c[i] for c in inputs.calls], torch.device("cpu"))
+        torch.testing.assert_close(torch.cat(targets), states[i + 1], rtol=1e-4, atol=1e-5)
+        stream.hidden = [h + 1.0 for h in stream.hidden]  # the pruned stream drifts; the targets do not
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prune_toward_the_model_target(arch):
+    """The whole prune with ``tune_target="model"``: the exact pattern, and block 0's error
+    before tuning the same as with the block target (nothing is pruned before it)."""
+    ids = calib(nsamples=4, seqlen=16)
+    kw = dict(method="fista", sparsity=0.5, tune_epochs=2, tune_lr=1e-3, progress=False)
+    model = tiny_model(arch)
+    report = prune(model, ids, tune_target="model", **kw)
+    block_report = prune(tiny_model(arch), ids, **kw)
+    for block in find_blocks(model)[1]:
+        for n, m in linear_modules(block).items():
+            w = m.weight.T if type(m).__name__ == "Conv1D" else m.weight
+            assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all()), n
+    assert report.tuning[0]["error_before"] == pytest.approx(block_report.tuning[0]["error_before"], rel=1e-5)
+    assert report.settings["tune_target"] == "model"
+
+
+def test_resume_carries_the_model_targets(tmp_path):
+    """A checkpoint holds the dense model's hidden states too: an interrupted prune toward
+    ``tune_target="model"`` resumes to the same weights as one that was not interrupted."""
+    ids = calib(nsamples=4, seqlen=16)
+    kw = dict(method="fista", sparsity=0.5, tune_epochs=1, tune_lr=1e-3, tune_target="model", progress=False,
+              batch_size=2)
+    reference = tiny_model("llama")
+    prune(reference, ids, **kw)
+
+    with pytest.raises(Interrupt):
+        prune(tiny_model("llama"), ids, checkpoint_dir=tmp_path / "ckpt", callback=stop_after_block(0), **kw)
+    resumed = tiny_model("llama")
+    prune(resumed, ids, checkpoint_dir=tmp_path / "ckpt", **kw)
+    for (k, v), (k2, v2) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k

@@ -62,6 +62,8 @@ def _one_line_error(capsys, rc, pattern):
         (["prune", "--out", "x", "--blocks", "a-b"], "expected block indices"),
         (["prune", "--out", "x", "--cache-gib", "-1"], "--cache-gib must be >= 0"),
         (["prune", "--out", "x", "--tune-epochs", "-1"], "argument --tune-epochs"),
+        (["prune", "--out", "x", "--tune-target", "dense"], "argument --tune-target"),
+        (["prune", "--out", "x", "--tune-skip-groups", "-1"], "argument --tune-skip-groups"),
         (["prune", "--out", "x", "--tune-epochs", "1", "--tune-lr", "0"], "tune_lr must be a number > 0"),
         (["prune", "--out", "x", "--tune-epochs", "1", "--no-error-correction"], "tune_epochs needs error_correction"),
         (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "no such model folder or file: /no/such/model"),
@@ -175,10 +177,11 @@ def test_prune_tune_epochs_reach_the_report(tiny_folder, tmp_path, capsys):
     calib = write_text(tmp_path / "calib.txt")
     argv = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--calib", str(calib),
             "--eval-tokens", "0", "--no-progress", "--tune-epochs", "1", "--tune-lr", "1e-4", "--tune-windows", "1",
-            "--out", str(tmp_path / "o")]
+            "--tune-target", "model", "--tune-skip-groups", "1", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["settings"]["tune_epochs"] == 1 and report["settings"]["tune_windows"] == 1
+    assert report["settings"]["tune_target"] == "model" and report["settings"]["tune_skip_groups"] == 1
     assert [t["block"] for t in report["tuning"]] == list(range(report["settings"]["n_blocks"]))
     assert all(t["steps"] == 1 and t["error_after"] <= t["error_before"] for t in report["tuning"])
 

@@ -12,7 +12,7 @@ import fistaopt
 import fistaopt.problems
 from fistaopt.llm import find_blocks, prune, save_pruned
 from fistaopt.llm.model import linear_modules, model_operators
-from llm_fixtures import ARCHS, calib, tiny_model
+from llm_fixtures import ARCHS, Interrupt, calib, stop_after_block, tiny_model
 
 
 def _block_weights(model):
@@ -166,17 +166,10 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, block_input
     reference = tiny_model("llama", scale=3.0)
     prune(reference, ids, **kw)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_block_0(i, report):
-        if i == 0:
-            raise Interrupt
-
     ckpt = tmp_path / "ckpt"
     interrupted = tiny_model("llama", scale=3.0)
     with pytest.raises(Interrupt):
-        prune(interrupted, ids, checkpoint_dir=ckpt, callback=stop_after_block_0, **kw)
+        prune(interrupted, ids, checkpoint_dir=ckpt, callback=stop_after_block(0), **kw)
     assert (ckpt / "state.json").is_file() and json.loads((ckpt / "state.json").read_text())["next_block"] == 1
 
     resumed = tiny_model("llama", scale=3.0)  # a fresh dense model, as after a crash

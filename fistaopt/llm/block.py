@@ -67,7 +67,7 @@ def prune_block(
         work = BlockWork(block, calls, device, skip=config.skip_tokens, cache_bytes=config.cache_bytes)
         if stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
-            work.keep_dense_outputs = config.tune_epochs > 0
+            work.keep_dense_outputs = config.tune_epochs > 0 and config.tune_target == "block"
 
         def new_acc(g: OperatorGroup, targets: bool = False) -> LayerStatsAccumulator:
             weights = [op.get_weight() for op in g] if targets else None
@@ -89,10 +89,14 @@ def prune_block(
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
         if config.tune_epochs > 0 and work.dense is not None:
             before = stream.block_outputs(work)
-            targets = [work.dense_outputs.get(b) for b in range(len(calls))]
+            if config.tune_target == "model":
+                targets = list(stream.dense_model_outputs(work.dense, calls, device))
+            else:
+                targets = [work.dense_outputs.get(b) for b in range(len(calls))]
             tuned, record = tune_block(block, work.dense, calls, stream.hidden, before, device, targets,
                                        index=index, epochs=config.tune_epochs, lr=config.tune_lr,
-                                       micro_batch=config.tune_micro_batch, windows=config.tune_windows)
+                                       micro_batch=config.tune_micro_batch, windows=config.tune_windows,
+                                       operators=[op.name for g in groups[config.tune_skip_groups:] for op in g])
             stream.hidden = tuned
         elif not last:
             stream.advance(work)

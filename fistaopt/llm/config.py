@@ -32,6 +32,8 @@ from fistaopt.sparsity import Pattern, parse_pattern
 
 WARM_STARTS = ("auto", "none", *BASELINES)
 BASELINE_TARGETS = ("dense", "least-squares")
+#: :attr:`PruneConfig.tune_target` choices (:mod:`fistaopt.llm.block_tune`).
+TUNE_TARGETS = ("block", "model")
 STATS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_SPARSITY = 0.5
 #: The damping when none is given: SparseGPT's own for the baselines; for solver methods
@@ -156,6 +158,13 @@ class PruneConfig:
         tune_lr: Adam's step size for the tuning.
         tune_micro_batch: calibration windows per Adam step.
         tune_windows: windows per tuning epoch, the first ones (None: all).
+        tune_target: what the tuned block's output is pulled toward: ``"block"`` (default)
+            the dense block's output on the same (pruned-model) input; ``"model"`` the dense
+            model's own hidden states after the block (the block also undoes the error that
+            reaches it from earlier blocks; one more dense forward per block).
+        tune_skip_groups: the block's first operator groups (in forward order, e.g. ``1``:
+            q/k/v) keep their pruned weights, so the backward pass stops before them
+            (``1`` skips attention's backward on LLaMA-like blocks; ``2``: the MLP only).
         layer: how one layer is pruned (solver methods).
         solver_options: options of the ℓ1 solver (e.g. ``precondition``, ``device``).
     """
@@ -184,6 +193,8 @@ class PruneConfig:
     tune_lr: float = 1e-4
     tune_micro_batch: int = 1
     tune_windows: int | None = None
+    tune_target: str = "block"
+    tune_skip_groups: int = 0
     layer: LayerOptions = field(default_factory=LayerOptions)
     solver_options: dict[str, Any] = field(default_factory=dict)
 
@@ -235,6 +246,9 @@ class PruneConfig:
             raise ValueError("tune_epochs needs error_correction=True (the dense block's copy gives the targets)")
         if self.tune_epochs and self.block_inputs != "pruned":
             raise ValueError(f"tune_epochs needs block_inputs='pruned', got {self.block_inputs!r}")
+        set_(self, "tune_target", _one_of("tune_target", str(self.tune_target).lower(), TUNE_TARGETS))
+        if not _is_int(self.tune_skip_groups) or self.tune_skip_groups < 0:
+            raise ValueError(f"tune_skip_groups must be an int >= 0, got {self.tune_skip_groups!r}")
         if self.tune_windows is not None and (not _is_int(self.tune_windows) or self.tune_windows < 1):
             raise ValueError(f"tune_windows must be a positive int (or None: every window), got {self.tune_windows!r}")
         if not isinstance(self.layer, LayerOptions):

@@ -138,6 +138,16 @@ class PrunedStream:
 
     def __init__(self, hidden: Hidden) -> None:
         self.hidden = hidden
+        self.model_targets: Hidden | None = None  # the dense model's hidden states, once carried
+
+    def dense_model_outputs(self, dense: nn.Module, calls: list[BlockCall], device: torch.device) -> Hidden:
+        """The dense model's hidden states after this block: ``dense`` (the block's unpruned
+        copy) run on the dense model's hidden states entering it, which the stream carries
+        from here on (block tuning's ``tune_target="model"``).  Until a block asks, nothing
+        is pruned and the pruned stream is the dense model's."""
+        entering = self.hidden if self.model_targets is None else self.model_targets
+        self.model_targets = [run_block(dense, calls[b], h, device) for b, h in enumerate(entering)]
+        return self.model_targets
 
     def needs_dense_copy(self, error_correction: bool, n_groups: int, last: bool) -> bool:
         return error_correction and n_groups > 1
@@ -186,12 +196,16 @@ class PrunedStream:
     def pass_through(self, block: nn.Module, calls: list[BlockCall], device: torch.device) -> None:
         """Run a block that stays dense."""
         self.hidden = [run_block(block, calls[b], h, device) for b, h in enumerate(self.hidden)]
+        if self.model_targets is not None:
+            self.model_targets = [run_block(block, calls[b], h, device) for b, h in enumerate(self.model_targets)]
 
     def state(self) -> dict[str, Hidden]:
-        return {"pruned": self.hidden}
+        return {"pruned": self.hidden} if self.model_targets is None else \
+            {"pruned": self.hidden, "model": self.model_targets}
 
     def restore(self, state: dict[str, Hidden]) -> None:
         self.hidden = state["pruned"]
+        self.model_targets = state.get("model")
 
 
 class DenseStream(PrunedStream):
