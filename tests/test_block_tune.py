@@ -224,17 +224,22 @@ def test_prune_toward_the_model_target(arch):
 
 
 def test_resume_carries_the_model_targets(tmp_path):
-    """A checkpoint holds the dense model's hidden states too: an interrupted prune toward
-    ``tune_target="model"`` resumes to the same weights as one that was not interrupted."""
+    """A checkpoint holds the dense model's hidden states and the tuning records too: an
+    interrupted prune toward ``tune_target="model"`` resumes to the same weights and report
+    as one that was not interrupted."""
     ids = calib(nsamples=4, seqlen=16)
     kw = dict(method="fista", sparsity=0.5, tune_epochs=1, tune_lr=1e-3, tune_target="model", progress=False,
               batch_size=2)
     reference = tiny_model("llama")
-    prune(reference, ids, **kw)
+    full = prune(reference, ids, **kw)
 
     with pytest.raises(Interrupt):
         prune(tiny_model("llama"), ids, checkpoint_dir=tmp_path / "ckpt", callback=stop_after_block(0), **kw)
     resumed = tiny_model("llama")
-    prune(resumed, ids, checkpoint_dir=tmp_path / "ckpt", **kw)
+    report = prune(resumed, ids, checkpoint_dir=tmp_path / "ckpt", **kw)
+    def timeless(tuning):
+        return [{k: v for k, v in t.items() if k != "seconds"} for t in tuning]
+
+    assert timeless(report.tuning) == timeless(full.tuning) and len(report.tuning) == 2
     for (k, v), (k2, v2) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k

@@ -63,16 +63,18 @@ class Checkpoint:
         return state
 
     def save(self, index: int, block: nn.Module, stream: dict[str, list[torch.Tensor]] | None,
-             records: list[OperatorRecord], allocation: dict[str, Any] | None = None) -> None:
-        """Commit block ``index`` (its state, the stream entering the next block, the records and
-        the run's non-uniform allocation, which a resumed run takes instead of recomputing it)."""
+             records: list[OperatorRecord], allocation: dict[str, Any] | None = None,
+             tuning: list[dict[str, Any]] | None = None) -> None:
+        """Commit block ``index`` (its state, the stream entering the next block, the records, the
+        blocks' tuning records and the run's non-uniform allocation, which a resumed run takes
+        instead of recomputing it)."""
         nxt = index + 1
         state_dict = {k: v.detach().cpu() for k, v in block.state_dict().items()}
         _io.write_with(self.dir / f"block_{index:04d}.pt", lambda p: torch.save(state_dict, p))
         if stream is not None:
             _io.write_with(self.dir / f"stream_{nxt:04d}.pt", lambda p: torch.save(stream, p))
         state = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "next_block": nxt,
-                 "records": [r.__dict__ for r in records], "allocation": allocation}
+                 "records": [r.__dict__ for r in records], "allocation": allocation, "tuning": tuning or []}
         _io.write_json(self.state_path, state, indent=1)
         for old in self.dir.glob("stream_*.pt"):
             if old.name != f"stream_{nxt:04d}.pt":

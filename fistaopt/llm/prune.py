@@ -245,6 +245,7 @@ def _resume(ckpt: Checkpoint, state: dict[str, Any], blocks: nn.ModuleList, stre
     handed to it one at a time.
     """
     start, saved, report.records = ckpt.restore(blocks if residency.holds_blocks else None, state)
+    report.tuning = list(state.get("tuning") or [])
     for j in range(start):
         residency.restored(j, ckpt)
     if saved is not None:
@@ -257,7 +258,7 @@ def _commit(ckpt: Checkpoint, comm: Communicator, index: int, block: nn.Module, 
     """Rank 0 commits block ``index`` with the stream of every rank's batches (gathered)."""
     full = None if stream is None else comm.gather_stream(stream, n_batches)
     if comm.is_main:
-        ckpt.save(index, block, full, report.records, report.allocation)
+        ckpt.save(index, block, full, report.records, report.allocation, report.tuning)
 
 
 @contextmanager
