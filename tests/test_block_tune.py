@@ -237,9 +237,34 @@ def test_resume_carries_the_model_targets(tmp_path):
         prune(tiny_model("llama"), ids, checkpoint_dir=tmp_path / "ckpt", callback=stop_after_block(0), **kw)
     resumed = tiny_model("llama")
     report = prune(resumed, ids, checkpoint_dir=tmp_path / "ckpt", **kw)
+
     def timeless(tuning):
         return [{k: v for k, v in t.items() if k != "seconds"} for t in tuning]
 
     assert timeless(report.tuning) == timeless(full.tuning) and len(report.tuning) == 2
     for (k, v), (k2, v2) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
+
+
+def test_every_block_is_tuned_even_where_the_stream_needs_no_dense_copy(monkeypatch):
+    """Tuning makes the dense copy itself (a block of one operator group needs none for its
+    statistics): every block is tuned, and toward the model target the carried hidden states
+    advance through every block."""
+    from fistaopt.llm.streams import PrunedStream
+
+    monkeypatch.setattr(PrunedStream, "needs_dense_copy", lambda self, *a: False)
+    for target in ("block", "model"):
+        report = prune(tiny_model("llama"), calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5,
+                       tune_epochs=1, tune_lr=1e-4, tune_target=target, progress=False)
+        assert [t["block"] for t in report.tuning] == [0, 1], target
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_skipping_every_group_is_refused_before_any_weight_changes(arch):
+    model = tiny_model(arch)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"tune_skip_groups=9 leaves nothing to tune: block 0 has \d operator groups"):
+        prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, tune_epochs=1, tune_skip_groups=9,
+              progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k

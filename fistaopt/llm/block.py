@@ -64,8 +64,11 @@ def prune_block(
     record: TuneRecord | None = None
     try:
         groups = _groups(block, calls[0], stream.hidden[0], device)
+        if config.tune_epochs > 0 and config.tune_skip_groups >= len(groups):
+            raise ValueError(f"tune_skip_groups={config.tune_skip_groups} leaves nothing to tune: block {index} has "
+                             f"{len(groups)} operator groups")
         work = BlockWork(block, calls, device, skip=config.skip_tokens, cache_bytes=config.cache_bytes)
-        if stream.needs_dense_copy(config.error_correction, len(groups), last):
+        if config.tune_epochs > 0 or stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
             work.keep_dense_outputs = config.tune_epochs > 0 and config.tune_target == "block"
 
@@ -87,8 +90,10 @@ def prune_block(
             for gi, (g, acc) in enumerate(zip(groups, accs)):
                 comm.reduce_statistics(acc)
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
-        if config.tune_epochs > 0 and work.dense is not None:
+        if config.tune_epochs > 0:  # the dense copy is there (made above); tuning needs it
+            assert work.dense is not None
             before = stream.block_outputs(work)
+            targets: list[torch.Tensor | None]
             if config.tune_target == "model":
                 targets = list(stream.dense_model_outputs(work.dense, calls, device))
             else:

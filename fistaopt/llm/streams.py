@@ -200,8 +200,10 @@ class PrunedStream:
             self.model_targets = [run_block(block, calls[b], h, device) for b, h in enumerate(self.model_targets)]
 
     def state(self) -> dict[str, Hidden]:
-        return {"pruned": self.hidden} if self.model_targets is None else \
-            {"pruned": self.hidden, "model": self.model_targets}
+        state = {"pruned": self.hidden}
+        if self.model_targets is not None:
+            state["model"] = self.model_targets
+        return state
 
     def restore(self, state: dict[str, Hidden]) -> None:
         self.hidden = state["pruned"]
