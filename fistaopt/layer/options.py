@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from fistaopt.solvers.prox import PRECISIONS
+from fistaopt.solvers.prox import PRECISIONS, native_bf16  # noqa: F401  (native_bf16: re-exported)
 
 if TYPE_CHECKING:
     from fistaopt.sparsity import Pattern
@@ -126,20 +126,6 @@ def auto_rounds(pattern: "Pattern") -> int:
     against 88.78 / 48.41).
     """
     return 2 if pattern.unstructured_above_half or pattern.kind == "nm" else 1
-
-
-def native_bf16(device: Any) -> bool:
-    """Whether ``device`` multiplies bfloat16 natively: a CUDA device of compute capability 8.0
-    or later, or a CPU with AVX512-BF16 or AMX-BF16 (where a bfloat16 GEMM runs at about twice
-    the float32 rate: one thread of an AMD EPYC, 576 × 576 × 576 in 1.82 against 4.16 ms)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
-    if device.type != "cpu":
-        return False
-    capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
-    caps = capabilities() if capabilities is not None else {}
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def resolve_precision(precision: str, device: Any, dtype: torch.dtype) -> str:

@@ -29,7 +29,7 @@ import torch
 
 from fistaopt.problems.lasso import LassoProblem
 from fistaopt.solvers.base import SolveResult, Solver, _RunState
-from fistaopt.solvers.prox import PRECISIONS, PrecisionWarning, matmul_precision, soft_threshold  # noqa: F401
+from fistaopt.solvers.prox import PRECISIONS, PrecisionWarning, matmul_precision, native_bf16, soft_threshold  # noqa: F401
 
 
 @dataclass
@@ -43,7 +43,8 @@ class FISTA(Solver):
             float64 iterates it has no effect: the GEMM stays IEEE, a
             :class:`~fistaopt.solvers.prox.PrecisionWarning` says so) or ``bf16`` (the
             GEMM in bfloat16, float32 accumulation; on a CPU too, fast with AVX512-BF16 or
-            AMX, slow without).  Set inside the solve and restored afterwards, also on
+            AMX; without them the products are emulated, many times slower than fp32, and
+            the solve warns with :class:`PrecisionWarning`).  Set inside the solve and restored afterwards, also on
             error.  The certificate is always float64.
             ``SolveResult.options["effective_precision"]`` records what ran
             (``fp64``/``fp32``/``tf32``/``bf16``).  Accuracy bounds: docs/gpu.md.
@@ -80,6 +81,14 @@ class FISTA(Solver):
             warnings.warn(
                 f"{self.name}: precision='tf32' has no effect on {device.type} with {str(dtype).replace('torch.', '')} "
                 f"iterates; the GEMM runs IEEE {eff} (see SolveResult.options['effective_precision'])",
+                PrecisionWarning,
+                stacklevel=2,
+            )
+        if self.precision == "bf16" and not native_bf16(device):
+            warnings.warn(
+                f"{self.name}: precision='bf16' on a {device.type} without native bfloat16 products (no AVX512-BF16 "
+                f"or AMX here): the GEMMs are emulated and run many times slower than IEEE fp32 "
+                f"(one AVX2 thread: 34x); use precision='fp32' (a prune's precision='auto' picks it here)",
                 PrecisionWarning,
                 stacklevel=2,
             )

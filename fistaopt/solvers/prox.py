@@ -21,8 +21,24 @@ def soft_threshold(Z: torch.Tensor, thr: torch.Tensor | float, mask: torch.Tenso
     return out
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: a CUDA device of compute capability 8.0
+    or later, or a CPU with AVX512-BF16 or AMX-BF16.  One thread of an AMD EPYC with
+    AVX512-BF16 ran a 576 × 576 × 576 bfloat16 GEMM in 1.82 ms against 4.16 ms in float32; one
+    with AVX2 only ran 1536 × 576 × 576 in 415 ms against 12.3 ms (the products are emulated)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
+        return False
+    capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    caps = capabilities() if capabilities is not None else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 class PrecisionWarning(UserWarning):
-    """A requested reduced-precision mode does not take effect here (e.g. ``tf32`` on CPU)."""
+    """A requested reduced-precision mode does not take effect here (``tf32`` on a CPU), or runs
+    slower than IEEE float32 (``bf16`` on a device without native bfloat16 products)."""
 
 
 def _new_api() -> bool:
