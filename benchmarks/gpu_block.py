@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fistaopt import _io, llm  # noqa: E402
+from fistaopt.study.specs import Spec  # noqa: E402
 
 PRESETS = {  # hidden, MLP, heads, key/value heads
     "llama-7b": (4096, 11008, 32, 32),
@@ -62,14 +63,14 @@ def predicted_block_seconds(d: int, f: int, n_tokens: int, tflops: float, paused
             "fista_total": (stats + forwards + solve) / (tflops * 1e12)}
 
 
-def run_method(model: torch.nn.Module, calib: torch.Tensor, method: str, args: argparse.Namespace) -> dict:
-    """Prune a fresh copy of ``model`` with ``method``; seconds, memory and per-operator solve seconds."""
+def run_method(model: torch.nn.Module, calib: torch.Tensor, spec: Spec, args: argparse.Namespace) -> dict:
+    """Prune a fresh copy of ``model`` with the method ``spec``; seconds, memory and per-operator solve seconds."""
     work = copy.deepcopy(model)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    report = llm.prune(work, calib, method=method, sparsity=0.5, device=args.device,
-                       batch_size=args.batch_size, progress=False)
+    report = llm.prune(work, calib, method=spec.name, sparsity=0.5, device=args.device,
+                       batch_size=args.batch_size, progress=False, **spec.options)
     wall = time.perf_counter() - t0
     totals = report.totals
     peaks = totals.get("peak_device_bytes_per_block", {})
@@ -77,7 +78,7 @@ def run_method(model: torch.nn.Module, calib: torch.Tensor, method: str, args: a
     for r in report.records:
         per_op[r.name] = per_op.get(r.name, 0.0) + r.seconds / args.layers
     return {
-        "method": method, "wall_seconds": round(wall, 2),
+        "method": spec.label, "wall_seconds": round(wall, 2),
         "prune_wall_seconds": round(totals["wall_seconds"], 2),
         "seconds_per_block": round(totals["wall_seconds"] / args.layers, 2),
         "solve_seconds_per_block": round(sum(per_op.values()), 2),
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--methods", default="sparsegpt,fista")
+    ap.add_argument("--methods", default="sparsegpt;fista",
+                    help="';'-separated method specs, e.g. 'sparsegpt;fista;fista[tune_epochs=1,tune_lr=3e-4]'")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--tflops", type=float, default=20.0, help="sustained rate of docs/scaling.md's prediction")
     ap.add_argument("--seed", type=int, default=0)
@@ -122,8 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
                 d, f, args.nsamples * args.seqlen, args.tflops, paused=False)},
         "runs": [],
     }
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        out["runs"].append(run_method(model, calib, method, args))
+    try:
+        specs = [Spec.parse(s) for s in args.methods.split(";") if s.strip()]
+    except ValueError as exc:
+        ap.error(str(exc))
+    for spec in specs:
+        out["runs"].append(run_method(model, calib, spec, args))
         print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
     text = json.dumps(out, indent=1)
     print(text)

@@ -13,6 +13,10 @@
 #   smollm2  SmolLM2-135M at 50% on the GPU, fista and SparseGPT, with `make demo`'s
 #            settings (the CPU reference is in docs/gpu.md);
 #            needs SMOLLM2_GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+#   tune     issue 11's quality setting against the 2x budget on the GPU: SmolLM2 at 50% with
+#            --tune-epochs 1 --tune-lr 3e-4 (after the smollm2 stage, whose SparseGPT and
+#            fista reports it is compared with), and the LLaMA-2-7B-shaped block with
+#            sparsegpt, fista and the tuned fista; needs SMOLLM2_GGUF
 #
 # Every stage has its own time limit and appends to OUTDIR/checks.log; the JSON files land
 # in OUTDIR. A failing stage does not stop the next one.
@@ -49,8 +53,21 @@ smollm2() {  # fista and SparseGPT at 50% on cuda
     rm -rf "$work"
 }
 
+tune() {  # the tuned fista on cuda: SmolLM2 at 50%, then one 7B-shaped block beside sparsegpt and fista
+    local gguf=${SMOLLM2_GGUF:?set SMOLLM2_GGUF}
+    local work
+    work=$(mktemp -d)
+    # shellcheck disable=SC2086
+    "$py" -m fistaopt.cli prune "$gguf" --method fista --tune-epochs 1 --tune-lr 3e-4 --device "${GPU_DEVICE:-cuda}" \
+        --sparsity 0.5 --nsamples 32 --eval-tokens 32768 --no-progress ${SMOLLM2_EXTRA:-} --out "$work/tuned" \
+        && cp "$work/tuned/report.json" "$out/smollm2-fista-tuned-50-cuda.json"
+    rm -rf "$work"
+    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt;fista;fista[tune_epochs=1,tune_lr=3e-4]' \
+        --out "$out/gpu-block-llama-7b-tune.json"
+}
+
 export py out
-export -f smollm2
+export -f smollm2 tune
 for s in ${*:-env tests block solver sparse}; do
     case $s in
         env) stage env 60 bash -c "nvidia-smi; $py -c 'import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())'" ;;
@@ -60,6 +77,7 @@ for s in ${*:-env tests block solver sparse}; do
         # shellcheck disable=SC2086  # SPARSE_ARGS: more arguments, e.g. --models llama-1b --kernels cutlass
         sparse) stage sparse 100 "$py" benchmarks/sparse_inference.py ${SPARSE_ARGS:-} --out "$out/sparse-inference-cuda.json" ;;
         smollm2) stage smollm2 420 bash -c smollm2 ;;
+        tune) stage tune 400 bash -c tune ;;
         *) echo "unknown stage $s" | tee -a "$log" ;;
     esac
 done
