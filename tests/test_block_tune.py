@@ -127,6 +127,9 @@ def test_prune_with_tuning_keeps_the_exact_pattern_and_lowers_the_error(arch):
     ({"tune_target": "dense"}, "tune_target must be one of block, model"),
     ({"tune_skip_groups": -1}, "tune_skip_groups must be an int >= 0"),
     ({"tune_skip_groups": True}, "tune_skip_groups must be an int >= 0"),
+    ({"tune_blocks": (0,)}, r"tune_blocks=\[0\] needs tune_epochs >= 1"),
+    ({"tune_epochs": 1, "tune_blocks": ()}, "tune_blocks must be a non-empty list of indices >= 0"),
+    ({"tune_epochs": 1, "tune_blocks": "0-x"}, "tune_blocks must be a list of block indices"),
 ])
 def test_tune_options_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -223,13 +226,14 @@ def test_prune_toward_the_model_target(arch):
     assert report.settings["tune_target"] == "model"
 
 
-def test_resume_carries_the_model_targets(tmp_path):
+@pytest.mark.parametrize("tune_blocks", [None, (1,)])
+def test_resume_carries_the_model_targets(tmp_path, tune_blocks):
     """A checkpoint holds the dense model's hidden states and the tuning records too: an
     interrupted prune toward ``tune_target="model"`` resumes to the same weights and report
-    as one that was not interrupted."""
+    as one that was not interrupted (also where the interrupted block was not tuned)."""
     ids = calib(nsamples=4, seqlen=16)
     kw = dict(method="fista", sparsity=0.5, tune_epochs=1, tune_lr=1e-3, tune_target="model", progress=False,
-              batch_size=2)
+              batch_size=2, tune_blocks=tune_blocks)
     reference = tiny_model("llama")
     full = prune(reference, ids, **kw)
 
@@ -241,7 +245,7 @@ def test_resume_carries_the_model_targets(tmp_path):
     def timeless(tuning):
         return [{k: v for k, v in t.items() if k != "seconds"} for t in tuning]
 
-    assert timeless(report.tuning) == timeless(full.tuning) and len(report.tuning) == 2
+    assert timeless(report.tuning) == timeless(full.tuning) and len(report.tuning) == (2 if tune_blocks is None else 1)
     for (k, v), (k2, v2) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
 
@@ -265,6 +269,71 @@ def test_skipping_every_group_is_refused_before_any_weight_changes(arch):
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"tune_skip_groups=9 leaves nothing to tune: block 0 has \d operator groups"):
         prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, tune_epochs=1, tune_skip_groups=9,
+              progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_only_the_named_blocks_are_tuned(arch):
+    """``tune_blocks=(1,)``: block 0 is the untuned prune's, bit for bit; block 1 is tuned
+    (its record is the report's only one) and keeps the exact pattern."""
+    ids = calib(nsamples=4, seqlen=16)
+    kw = dict(method="fista", sparsity=0.5, progress=False)
+    untuned, tuned = tiny_model(arch), tiny_model(arch)
+    prune(untuned, ids, **kw)
+    report = prune(tuned, ids, tune_epochs=3, tune_lr=3e-4, tune_blocks=(1,), **kw)
+    assert [t["block"] for t in report.tuning] == [1] and list(report.settings["tune_blocks"]) == [1]
+    assert report.tuning[0]["error_after"] < report.tuning[0]["error_before"]
+    (a0, a1), (b0, b1) = ([linear_modules(b) for b in find_blocks(m)[1]] for m in (untuned, tuned))
+    assert all(torch.equal(a0[n].weight, b0[n].weight) for n in a0)
+    assert not all(torch.equal(a1[n].weight, b1[n].weight) for n in a1)
+    for n, m in b1.items():
+        w = m.weight.T if type(m).__name__ == "Conv1D" else m.weight
+        assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all()), n
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_model_target_behind_an_untuned_block(arch, monkeypatch):
+    """``tune_target="model"`` with block 0 pruned but not tuned: block 1 is pulled toward the
+    dense model's hidden states after block 1 (the dense blocks run on the dense stream), not
+    toward the dense block 1 on the pruned stream."""
+    import fistaopt.llm.block as block_module
+
+    ids = calib(nsamples=4, seqlen=16)
+    model = tiny_model(arch)
+    inputs = capture_block_inputs(model, ids.split(2))
+    dense0, dense1 = (copy.deepcopy(b) for b in find_blocks(model)[1][:2])
+    cpu = torch.device("cpu")
+    expected = [run_block(dense1, c[1], run_block(dense0, c[0], h, cpu), cpu)
+                for c, h in zip(inputs.calls, inputs.hidden)]
+    seen = {}
+    real = block_module.tune_block
+
+    def spy(block, dense, calls, hidden, outputs, device, targets=None, **kw):
+        seen[kw["index"]] = (targets, hidden)
+        return real(block, dense, calls, hidden, outputs, device, targets, **kw)
+
+    monkeypatch.setattr(block_module, "tune_block", spy)
+    prune(model, ids, method="fista", sparsity=0.5, tune_epochs=1, tune_target="model", tune_blocks=(1,),
+          batch_size=2, progress=False)
+    targets, hidden = seen[1]
+    assert list(seen) == [1]
+    for t, e in zip(targets, expected):
+        torch.testing.assert_close(t, e, rtol=1e-5, atol=1e-6)
+    drift = max(float((h - d).abs().max()) for h, d in zip(hidden, [run_block(dense0, c[0], h0, cpu)
+                                                                   for c, h0 in zip(inputs.calls, inputs.hidden)]))
+    assert drift > 1e-4  # block 1's input is the pruned block 0's output: the targets did not come from it
+
+
+def test_tune_blocks_must_be_pruned_blocks():
+    model = tiny_model("llama")
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"tune_blocks must be among the pruned blocks \[0\]; \[1\] is not"):
+        prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, blocks=(0,), tune_epochs=1,
+              tune_blocks=(1,), progress=False)
+    with pytest.raises(ValueError, match=r"tune_blocks must be indices in \[0, 2\), got \[0, 5\]"):
+        prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, tune_epochs=1, tune_blocks="0,5",
               progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k

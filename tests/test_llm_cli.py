@@ -66,6 +66,8 @@ def _one_line_error(capsys, rc, pattern):
         (["prune", "--out", "x", "--tune-skip-groups", "-1"], "argument --tune-skip-groups"),
         (["prune", "--out", "x", "--tune-epochs", "1", "--tune-lr", "0"], "tune_lr must be a number > 0"),
         (["prune", "--out", "x", "--tune-epochs", "1", "--no-error-correction"], "tune_epochs needs error_correction"),
+        (["prune", "--out", "x", "--tune-blocks", "0-9"], r"tune_blocks=\[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] needs tune_epochs"),
+        (["prune", "--out", "x", "--tune-epochs", "1", "--tune-blocks", "x"], "argument --tune-blocks: expected block indices"),
         (["prune", "/no/such/model", "--out", "x", "--eval-tokens", "0"], "no such model folder or file: /no/such/model"),
         (["prune", "no-such-hub-id", "--out", "x", "--eval-tokens", "0"], "hub id needs network access"),
         (["eval", "/no/such/model"], "no such model folder or file"),
@@ -184,6 +186,20 @@ def test_prune_tune_epochs_reach_the_report(tiny_folder, tmp_path, capsys):
     assert report["settings"]["tune_target"] == "model" and report["settings"]["tune_skip_groups"] == 1
     assert [t["block"] for t in report["tuning"]] == list(range(report["settings"]["n_blocks"]))
     assert all(t["steps"] == 1 and t["error_after"] <= t["error_before"] for t in report["tuning"])
+    assert main([*argv[:-1], str(tmp_path / "last"), "--tune-blocks", "1"]) == 0
+    report = json.loads((tmp_path / "last" / "report.json").read_text())
+    assert report["settings"]["tune_blocks"] == [1] and [t["block"] for t in report["tuning"]] == [1]
+
+
+def test_tune_blocks_outside_the_model_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys):
+    calib = write_text(tmp_path / "calib.txt")
+    argv = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--calib", str(calib),
+            "--eval-tokens", "0", "--no-progress", "--tune-epochs", "1", "--tune-blocks", "1-7", "--out",
+            str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fistaopt prune: error: tune_blocks must be indices in [0, 2), got [1, 2, 3, 4, 5, 6, 7]"], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_version_and_plain_command(capsys):

