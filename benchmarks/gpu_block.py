@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fistaopt import _io, llm  # noqa: E402
-from fistaopt.study.specs import Spec  # noqa: E402
+from fistaopt.study.specs import Spec, split_specs  # noqa: E402
 
 PRESETS = {  # hidden, MLP, heads, key/value heads
     "llama-7b": (4096, 11008, 32, 32),
@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--methods", default="sparsegpt;fista",
-                    help="';'-separated method specs, e.g. 'sparsegpt;fista;fista[tune_epochs=1,tune_lr=3e-4]'")
+    ap.add_argument("--methods", default="sparsegpt,fista",
+                    help="method specs, separated by commas outside brackets, e.g. "
+                         "'sparsegpt,fista,fista[tune_epochs=1,tune_lr=3e-4]'")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--tflops", type=float, default=20.0, help="sustained rate of docs/scaling.md's prediction")
     ap.add_argument("--seed", type=int, default=0)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": [],
     }
     try:
-        specs = [Spec.parse(s) for s in args.methods.split(";") if s.strip()]
+        specs = [Spec.parse(s) for s in split_specs(args.methods)]
     except ValueError as exc:
         ap.error(str(exc))
     for spec in specs:

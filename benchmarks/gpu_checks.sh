@@ -62,7 +62,7 @@ tune() {  # the tuned fista on cuda: SmolLM2 at 50%, then one 7B-shaped block be
         --sparsity 0.5 --nsamples 32 --eval-tokens 32768 --no-progress ${SMOLLM2_EXTRA:-} --out "$work/tuned" \
         && cp "$work/tuned/report.json" "$out/smollm2-fista-tuned-50-cuda.json"
     rm -rf "$work"
-    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt;fista;fista[tune_epochs=1,tune_lr=3e-4]' \
+    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt,fista,fista[tune_epochs=1,tune_lr=3e-4]' \
         --out "$out/gpu-block-llama-7b-tune.json"
 }
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from fistaopt.solvers.prox import PRECISIONS, native_bf16  # noqa: F401  (native_bf16: re-exported)
+from fistaopt.solvers.prox import PRECISIONS, native_bf16
 
 if TYPE_CHECKING:
     from fistaopt.sparsity import Pattern
