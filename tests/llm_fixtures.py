@@ -47,6 +47,20 @@ def tiny_model(arch: str, seed: int = 0, scale: float = 1.0):
     return model.eval()
 
 
+def first_block(arch: str):
+    """Block 0 of a tiny model, its operator groups, its calls and inputs (2 batches of 2 windows of 16 tokens)."""
+    from fistaopt.llm import find_blocks
+    from fistaopt.llm.capture import capture_block_inputs
+    from fistaopt.llm.model import block_operators
+
+    model = tiny_model(arch)
+    inputs = capture_block_inputs(model, calib(nsamples=4, seqlen=16).split(2))
+    block = find_blocks(model)[1][0]
+    calls = [c[0] for c in inputs.calls]
+    groups = block_operators(block, (inputs.hidden[0], *calls[0].args), calls[0].kwargs)
+    return block, groups, calls, inputs.hidden
+
+
 def calib(nsamples: int = 4, seqlen: int = 16, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (nsamples, seqlen), generator=g)

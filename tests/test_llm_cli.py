@@ -189,6 +189,9 @@ def test_prune_tune_epochs_reach_the_report(tiny_folder, tmp_path, capsys):
     assert main([*argv[:-1], str(tmp_path / "last"), "--tune-blocks", "1"]) == 0
     report = json.loads((tmp_path / "last" / "report.json").read_text())
     assert report["settings"]["tune_blocks"] == [1] and [t["block"] for t in report["tuning"]] == [1]
+    assert report["settings"]["residual_correction"] is True
+    assert main([*argv[:-1], str(tmp_path / "plain"), "--no-residual-correction"]) == 0
+    assert json.loads((tmp_path / "plain" / "report.json").read_text())["settings"]["residual_correction"] is False
 
 
 def test_tune_blocks_outside_the_model_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys):

@@ -31,13 +31,14 @@ def _recording_accumulator(captured):
     class Recording(fistaopt.problems.LayerStatsAccumulator):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            self.xs, self.x_stars = [], []
+            self.xs, self.x_stars, self.offsets = [], [], []
             captured.append(self)
 
-        def add(self, X, X_star=None):
+        def add(self, X, X_star=None, offset=None):
             self.xs.append(X.detach().clone())
             self.x_stars.append(None if X_star is None else X_star.detach().clone())
-            super().add(X, X_star)
+            self.offsets.append(None if offset is None else offset.detach().clone())
+            super().add(X, X_star, offset)
 
     return Recording
 
@@ -139,6 +140,30 @@ def test_error_corrected_statistics_of_o_proj():
     assert not torch.allclose(X, X_star)
     # group 0 (q,k,v) has nothing pruned before it: dense statistics only
     assert all(x is None for x in captured[0].x_stars)
+
+
+def test_the_down_projection_absorbs_attentions_residual_error():
+    """Residual correction: the down projection's targets are shifted by ``R − R*``, the dense
+    minus the pruned residual stream entering the MLP (with attention's q/k/v/o pruned)."""
+    dense = tiny_model("llama", scale=5.0)
+    model = copy.deepcopy(dense)
+    ids = calib(4, 16)
+    captured, _ = _prune_recording(model, ids, method="wanda", error_correction=True, batch_size=2)
+    acc = captured[3]  # block 0, group 3 = down_proj
+    assert all(o is None for a in captured[:3] for o in a.offsets)
+    hybrid = copy.deepcopy(dense)  # block 0's attention pruned, its MLP dense
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        getattr(hybrid.model.layers[0].self_attn, name).weight.data.copy_(
+            getattr(model.model.layers[0].self_attn, name).weight.data)
+
+    def residual(m):
+        return _operator_input(m, "model.layers.0.post_attention_layernorm", ids)
+
+    torch.testing.assert_close(_stacked(acc.offsets), residual(dense) - residual(hybrid), rtol=1e-4, atol=1e-5)
+    assert float(_stacked(acc.offsets).abs().max()) > 1e-3
+    plain, _ = _prune_recording(copy.deepcopy(dense), ids, method="wanda", error_correction=True, batch_size=2,
+                                residual_correction=False)
+    assert all(o is None for a in plain for o in a.offsets)
 
 
 def test_no_error_correction_uses_dense_statistics():
@@ -409,7 +434,8 @@ def test_targets_streamed_for_narrow_outputs_give_the_same_prune(arch, monkeypat
         else:
             monkeypatch.undo()
         model = tiny_model(arch)
-        captured, _ = _prune_recording(model, ids, method="fista", sparsity=0.5, batch_size=2, stats_dtype="float64")
+        captured, _ = _prune_recording(model, ids, method="fista", sparsity=0.5, batch_size=2, stats_dtype="float64",
+                                       residual_correction=False)  # it streams targets for its operator
         assert any(acc.W_targets is not None for acc in captured) == streamed
         results[streamed] = [W for _, _, W in _block_weights(model)]
     for a, b in zip(results[False], results[True]):

@@ -8,19 +8,10 @@ import pytest
 import torch
 
 from fistaopt.llm import find_blocks, prune
-from fistaopt.llm.capture import capture_block_inputs, input_of, run_block
-from fistaopt.llm.model import block_operators, model_operators
+from fistaopt.llm.capture import input_of, run_block
+from fistaopt.llm.model import model_operators
 from fistaopt.llm.stepped_forward import SteppedForwards, held_bytes
-from llm_fixtures import ARCHS, calib, tiny_model
-
-
-def _first_block(arch):
-    model = tiny_model(arch)
-    inputs = capture_block_inputs(model, calib(nsamples=4, seqlen=16).split(2))
-    block = find_blocks(model)[1][0]
-    calls = [c[0] for c in inputs.calls]
-    groups = block_operators(block, (inputs.hidden[0], *calls[0].args), calls[0].kwargs)
-    return block, groups, calls, inputs.hidden
+from llm_fixtures import ARCHS, calib, first_block, tiny_model
 
 
 def _live_threads():
@@ -34,7 +25,7 @@ def _hooks(block):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stepped_inputs_and_outputs_equal_the_recomputed_ones(arch):
     """Weights changed between steps are seen by the rest of every forward, as if it were rerun."""
-    block, groups, calls, hidden = _first_block(arch)
+    block, groups, calls, hidden = first_block(arch)
     cpu = torch.device("cpu")
     forwards = SteppedForwards(block, [g.operators[0].module for g in groups], calls, hidden, cpu)
     try:
@@ -119,7 +110,7 @@ def test_cache_bytes_bounds_what_error_correction_holds(arch, monkeypatch):
 
 
 def test_an_error_in_a_forward_reaches_the_caller_and_ends_every_thread():
-    block, groups, calls, hidden = _first_block("llama")
+    block, groups, calls, hidden = first_block("llama")
 
     def fail(mod, args):
         raise ValueError("boom in the forward")
@@ -139,7 +130,7 @@ def test_an_error_in_a_forward_reaches_the_caller_and_ends_every_thread():
 
 
 def test_close_before_the_end_ends_the_paused_forwards():
-    block, groups, calls, hidden = _first_block("llama")
+    block, groups, calls, hidden = first_block("llama")
     forwards = SteppedForwards(block, [g.operators[0].module for g in groups], calls, hidden, torch.device("cpu"))
     forwards.step()
     assert len(_live_threads()) == len(hidden)
@@ -151,7 +142,7 @@ def test_close_before_the_end_ends_the_paused_forwards():
 
 
 def test_a_module_never_called_is_named():
-    block, groups, calls, hidden = _first_block("llama")
+    block, groups, calls, hidden = first_block("llama")
     stray = torch.nn.Linear(4, 4)
     forwards = SteppedForwards(block, [groups[0].operators[0].module, stray], calls, hidden, torch.device("cpu"))
     try:

@@ -58,6 +58,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--block-inputs", choices=BLOCK_INPUT_MODES, default=d.block_inputs,
                    help="hidden states entering each block: pruned (measured best), dense (the paper's), corrected")
     p.add_argument("--no-error-correction", action="store_true", help="statistics of the dense block only (X* = X)")
+    p.add_argument("--no-residual-correction", action="store_true",
+                   help="fit the block's last operator (down projection) to its own dense output only, not to the "
+                        "block's (by default it also absorbs the residual error of the operators before it)")
     p.add_argument("--precision", choices=LAYER_PRECISIONS, default=d.layer.precision,
                    help="products of the l1 solver's iterations (solver methods): auto (default) = bf16 where the "
                         "device multiplies bfloat16 natively (CUDA sm80+, CPUs with AVX512-BF16/AMX), else IEEE fp32; "
@@ -146,6 +149,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
     try:
         config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method,
                              warm_start=args.warm_start, error_correction=not args.no_error_correction,
+                             residual_correction=not args.no_residual_correction,
                              block_inputs=args.block_inputs, batch_size=args.batch_size, blocks=args.blocks,
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
                              owl_windows=args.owl_windows, max_deviation=args.max_deviation, cache_bytes=cache_bytes,

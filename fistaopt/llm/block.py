@@ -26,6 +26,7 @@ from fistaopt.llm.config import PruneConfig
 from fistaopt.llm.distributed import SINGLE, Communicator, prune_weight_sharded
 from fistaopt.llm.model import OperatorGroup, block_operators
 from fistaopt.llm.report import OperatorRecord
+from fistaopt.llm.residual import last_operator
 from fistaopt.llm.streams import BlockWork, PrunedStream
 from fistaopt.problems import LayerStatsAccumulator
 from fistaopt.problems.accumulate import targets_pay
@@ -55,6 +56,8 @@ def prune_block(
     statistics are summed over the ranks and its rows solved in shares
     (:mod:`fistaopt.llm.distributed`).  ``sparsities`` maps operator names to their own
     sparsity (a non-uniform allocation, :mod:`fistaopt.llm.allocation`); None: ``config.sparsity``.
+    With ``config.residual_correction`` the block's last operator also absorbs the residual
+    error of the groups before it, where its output adds to the block's (:mod:`fistaopt.llm.residual`).
     Where ``config.tunes(index)`` the block's kept weights are then tuned toward the dense
     block's outputs (:mod:`fistaopt.llm.block_tune`); returns that tuning's record (else None).
     A block left untuned (``tune_blocks``) still advances the dense model's hidden states that
@@ -82,11 +85,19 @@ def prune_block(
             return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device, targets=weights)
 
         if config.error_correction:
+            last_name = last_operator(groups)
+            if (config.residual_correction and stream.corrects_residual and work.dense is not None
+                    and last_name is not None and stream.adds_to_output(work, last_name)):
+                work.residual_of = last_name
             stream.start_pruned_forwards(work, groups)
             stream.share_dense_forward(work, groups[1:])
             for gi, g in enumerate(groups):
-                acc = new_acc(g, targets=gi > 0 and targets_pay(g.d_in, [op.d_out for op in g]))
-                stream.group_statistics(work, g, gi == 0, acc)
+                absorbs = work.residual_of is not None and gi == len(groups) - 1
+                acc = new_acc(g, targets=absorbs or (gi > 0 and targets_pay(g.d_in, [op.d_out for op in g])))
+                if absorbs:
+                    stream.residual_statistics(work, g, acc)
+                else:
+                    stream.group_statistics(work, g, gi == 0, acc)
                 comm.reduce_statistics(acc)
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
         else:

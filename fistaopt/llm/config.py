@@ -125,6 +125,12 @@ class PruneConfig:
             ``"least-squares"`` (``W̃ = G H⁻¹``, whose ``X*``-distance is the layer loss; lower
             layer errors but measured worse perplexity on SmolLM2, docs/pruning.md).
         block_inputs: ``"pruned"``, ``"dense"`` or ``"corrected"`` (:mod:`fistaopt.llm.streams`).
+        residual_correction: with error correction, the block's last operator (a down
+            projection) is fitted to the dense block's output rather than to its own: it also
+            absorbs the error the groups before it leave in the residual stream
+            (:mod:`fistaopt.llm.residual`; the ``pruned`` and ``dense`` block inputs, blocks
+            whose last operator adds to the output: not Gemma's post-norm MLP).  Default True.
+            Its operator's ``rel_error`` is then measured against that target.
         damp: ridge ``damp · mean(diag H)`` toward the dense weight (solvers and SparseGPT);
             None (default): :data:`DEFAULT_DAMP` for the method's kind (0.01 for the
             baselines, SparseGPT's own; for solvers, where the ridge toward ``W₀``
@@ -196,6 +202,7 @@ class PruneConfig:
     error_correction: bool = True
     baseline_target: str = "dense"
     block_inputs: str = "pruned"
+    residual_correction: bool = True
     damp: float | None = None
     ridge: str = "mean"
     batch_size: int = 8
@@ -235,6 +242,8 @@ class PruneConfig:
             raise ValueError(f"error_correction must be True or False, got {self.error_correction!r}")
         _one_of("baseline_target", self.baseline_target, BASELINE_TARGETS)
         _one_of("block_inputs", self.block_inputs, BLOCK_INPUT_MODES)
+        if not isinstance(self.residual_correction, bool):
+            raise ValueError(f"residual_correction must be True or False, got {self.residual_correction!r}")
         if self.block_inputs == "corrected" and not self.error_correction:
             raise ValueError("block_inputs='corrected' needs error_correction=True (X* and X come from different models)")
         if self.damp is not None:

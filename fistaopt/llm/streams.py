@@ -23,6 +23,7 @@ by choosing the class (:func:`make_stream`).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
 from fistaopt.llm.model import OperatorGroup
+from fistaopt.llm.residual import adds_to_output, recorded_calls
 from fistaopt.llm.stepped_forward import SteppedForwards, held_bytes
 from fistaopt.problems import LayerStatsAccumulator
 
@@ -84,7 +86,10 @@ class BlockWork:
     pruned_forwards: SteppedForwards | None = None  # the block's paused forwards, when they fit
     keep_dense_outputs: bool = False  # the shared dense forward runs to its end (block tuning's targets)
     dense_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # by batch, when kept
+    residual_of: str | None = None  # the last operator, when it absorbs the residual error (residual.py)
+    residual_parts: tuple[Hidden | None, Hidden] | None = None  # its X* (if held) and R* per batch
     _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    _dense_rest: dict[int, torch.Tensor] = field(default_factory=dict)  # R = out − y of the dense copy, by batch
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
         """The input of ``group`` for batch ``b`` in the dense copy or the (partly pruned) block."""
@@ -110,12 +115,27 @@ class BlockWork:
         if b not in self._dense_inputs:
             names = [g.operators[0].name for g in self.cached_groups]
             modules = [self.dense.get_submodule(n) for n in names]
-            outputs: list[torch.Tensor] | None = [] if self.keep_dense_outputs else None
-            self._dense_inputs[b] = dict(zip(names, inputs_of_many(self.dense, modules, self.calls[b], hidden,
-                                                                    self.device, outputs)))
-            if outputs:
+            to_end = self.keep_dense_outputs or self.residual_of is not None
+            outputs: list[torch.Tensor] | None = [] if to_end else None
+            last = self.dense.get_submodule(self.residual_of) if self.residual_of is not None else None
+            with recorded_calls(last) if last is not None else nullcontext([]) as last_calls:
+                inputs = inputs_of_many(self.dense, modules, self.calls[b], hidden, self.device, outputs)
+            self._dense_inputs[b] = dict(zip(names, inputs))
+            if outputs and self.keep_dense_outputs:
                 self.dense_outputs[b] = outputs[0]
+            if outputs and last_calls:
+                self._dense_rest[b] = _rest(outputs[0], last_calls)
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
+
+    def dense_rest(self, b: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``R = out − y`` of batch ``b`` in the dense copy (float32, on the CPU): its output
+        without the last operator's (from the shared forward, else one forward of its own)."""
+        if b in self._dense_rest:
+            return self._dense_rest.pop(b)
+        assert self.dense is not None and self.residual_of is not None
+        with recorded_calls(self.dense.get_submodule(self.residual_of)) as calls:
+            out = run_block(self.dense, self.calls[b], hidden, self.device)
+        return _rest(out, calls)
 
     def pruned_inputs(self, group: OperatorGroup, hidden: Hidden) -> Iterator[torch.Tensor]:
         """``X*`` of ``group`` batch by batch: the next pause of the stepped forwards (held there
@@ -129,16 +149,28 @@ class BlockWork:
         if self.pruned_forwards is not None:
             self.pruned_forwards.close()
             self.pruned_forwards = None
+        self.residual_parts = None
+
+
+def _rest(out: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``out − y`` in float32 on the CPU, ``y`` the one recorded output of the last operator."""
+    if len(calls) != 1:
+        raise RuntimeError(f"the block's last operator was called {len(calls)} times in one forward, not once")
+    return out.float() - calls[0][1].float().cpu().reshape(out.shape)  # OPT runs its MLP on (tokens, d)
 
 
 class PrunedStream:
     """``block_inputs="pruned"``: the pruned model's hidden states enter every block."""
 
     mode: ClassVar[str] = "pruned"
+    #: Whether residual correction applies (:mod:`fistaopt.llm.residual`): ``X`` and ``X*`` come
+    #: from the same hidden states, so ``R − R*`` is the block's own residual error.
+    corrects_residual: ClassVar[bool] = True
 
     def __init__(self, hidden: Hidden) -> None:
         self.hidden = hidden
         self.model_targets: Hidden | None = None  # the dense model's hidden states, once carried
+        self._additive: dict[str, bool] = {}  # adds_to_output, by block class and operator
 
     def dense_model_outputs(self, dense: nn.Module, calls: list[BlockCall], device: torch.device) -> Hidden:
         """The dense model's hidden states after this block: ``dense`` (the block's unpruned
@@ -175,6 +207,47 @@ class PrunedStream:
             else:
                 acc.add(work.dense_input(group, b, h), x_star)
 
+    def adds_to_output(self, work: BlockWork, name: str) -> bool:
+        """Whether the block's operator ``name`` adds its output to the block's
+        (:func:`~fistaopt.llm.residual.adds_to_output` on the dense copy and the first batch;
+        checked once per block class and operator)."""
+        assert work.dense is not None
+        key = f"{type(work.dense).__qualname__}.{name}"
+        if key not in self._additive:
+            self._additive[key] = adds_to_output(work.dense, name, work.calls[0], self.hidden[0], work.device)
+        return self._additive[key]
+
+    def residual_statistics(self, work: BlockWork, group: OperatorGroup, acc: LayerStatsAccumulator) -> None:
+        """Stream the last group's ``X``, ``X*`` and the residual error ``R − R*`` its operator
+        absorbs (``work.residual_of``; :mod:`fistaopt.llm.residual`).  With paused forwards they
+        run to their end here (the operator still dense), and the block's outputs are later
+        ``R* + x* Wᵀ``; else one forward per batch gives ``X*`` and ``R*`` (``R*`` is kept, and
+        :meth:`block_outputs` recomputes ``X*``: the same outputs, bit for bit)."""
+        assert work.residual_of is not None and acc.W_targets is not None
+        module = work.block.get_submodule(work.residual_of)
+        xs: Hidden | None = None
+        rests: Hidden = []
+        if work.pruned_forwards is not None:
+            xs = work.pruned_forwards.step()
+            with recorded_calls(module) as calls:
+                outs = work.pruned_forwards.finish()
+            work.pruned_forwards = None
+            if len(calls) != len(outs):
+                raise RuntimeError(f"the block's last operator was called {len(calls)} times in {len(outs)} forwards")
+            rests = [_rest(o, [c]) for o, c in zip(outs, calls)]
+        for b, h in enumerate(self.hidden):
+            if xs is not None:
+                x_star, rest = xs[b], rests[b]
+            else:
+                with recorded_calls(module) as calls:
+                    out = run_block(work.block, work.calls[b], h, work.device)
+                x_star, rest = calls[0][0], _rest(out, calls)
+                rests.append(rest)
+            offset = (work.dense_rest(b, h) - rest).reshape(*x_star.shape[:-1], -1)  # x*'s token layout
+            acc.add(work.dense_input(group, b, h), skip_tokens(x_star, work.skip),
+                    offset=skip_tokens(offset, work.skip))
+        work.residual_parts = (xs, rests)
+
     def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:
         """Every group's ``X* = X`` from one dense forward per batch (no error correction)."""
         modules = [work.block.get_submodule(g.operators[0].name) for g in groups]
@@ -183,7 +256,19 @@ class PrunedStream:
                 acc.add(skip_tokens(x, work.skip))
 
     def block_outputs(self, work: BlockWork) -> Hidden:
-        """The pruned block's outputs, one per batch (the stepped forwards' ends, or recomputed)."""
+        """The pruned block's outputs, one per batch (``R* + x* Wᵀ`` after residual correction,
+        the stepped forwards' ends, or recomputed)."""
+        if work.residual_parts is not None:
+            assert work.residual_of is not None
+            module = work.block.get_submodule(work.residual_of)
+            xs, rests = work.residual_parts
+            work.residual_parts = None
+            outputs = []
+            with torch.no_grad():
+                for b, (rest, h) in enumerate(zip(rests, self.hidden)):
+                    x = xs[b] if xs is not None else input_of(work.block, module, work.calls[b], h, work.device)
+                    outputs.append((rest + module(x).float().cpu().reshape(rest.shape)).to(h.dtype))
+            return outputs
         if work.pruned_forwards is not None:
             out = work.pruned_forwards.finish()
             work.pruned_forwards = None
@@ -251,6 +336,7 @@ class CorrectedStream(PrunedStream):
     """``block_inputs="corrected"``: ``X*`` from the pruned model's stream, ``X`` from the dense model's."""
 
     mode: ClassVar[str] = "corrected"
+    corrects_residual: ClassVar[bool] = False  # X comes from another stream than X*
 
     def __init__(self, hidden: Hidden) -> None:
         super().__init__(hidden)

@@ -13,10 +13,10 @@ from fistaopt.problems.lasso import LassoProblem
 from fistaopt.problems.validation import as_tensor, check_finite
 
 
-def _tokens(x: Any, name: str, d_in: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
+def _tokens(x: Any, name: str, d_in: int, dtype: torch.dtype, device: Any, width: str = "d_in") -> torch.Tensor:
     x = as_tensor(x, name)
     if x.shape[-1] != d_in:
-        raise ValueError(f"{name} must have last dimension d_in = {d_in}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have last dimension {width} = {d_in}, got shape {tuple(x.shape)}")
     x = x.reshape(-1, d_in).to(device=device, dtype=dtype)
     check_finite(x, name)
     return x
@@ -69,15 +69,25 @@ class LayerStatsAccumulator:
             self.G = torch.zeros_like(self.W_targets)
             self.c = torch.zeros(self.W_targets.shape[0], dtype=torch.float64, device=self.device)
 
-    def add(self, X: Any, X_star: Any = None) -> None:
-        """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count)."""
+    def add(self, X: Any, X_star: Any = None, offset: Any = None) -> None:
+        """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count).
+
+        ``offset`` (``(..., Σ d_out)``, the same tokens; only with ``targets``) is added to the
+        targets of this batch: ``Y = X W₀ᵀ + offset`` (a block's residual error that its last
+        operator is to absorb, :mod:`fistaopt.llm.streams`)."""
         X = _tokens(X, "X", self.d_in, self.dtype, self.device)
+        if offset is not None and self.W_targets is None:
+            raise ValueError("an offset of the targets needs an accumulator with targets")
         if self.W_targets is not None:
             Xs = X if X_star is None else _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
             _same_tokens(X, Xs)
             assert self.G is not None and self.c is not None
             self.H.addmm_(Xs.T, Xs)
             Y = X @ self.W_targets.T
+            if offset is not None:
+                offset = _tokens(offset, "offset", Y.shape[1], self.dtype, self.device, width="Σ d_out")
+                _same_tokens(X, offset)
+                Y += offset
             self.G.addmm_(Y.T, Xs)
             self.c += Y.to(torch.float64).square().sum(0)
         elif X_star is None:
