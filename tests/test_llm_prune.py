@@ -31,14 +31,18 @@ def _recording_accumulator(captured):
     class Recording(fistaopt.problems.LayerStatsAccumulator):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            self.xs, self.x_stars, self.offsets = [], [], []
+            self.xs, self.x_stars, self.ys = [], [], []
             captured.append(self)
 
-        def add(self, X, X_star=None, offset=None):
+        def add(self, X, X_star=None):
             self.xs.append(X.detach().clone())
             self.x_stars.append(None if X_star is None else X_star.detach().clone())
-            self.offsets.append(None if offset is None else offset.detach().clone())
-            super().add(X, X_star, offset)
+            super().add(X, X_star)
+
+        def add_targets(self, Y, X_star):
+            self.ys.append(Y.detach().clone())
+            self.x_stars.append(X_star.detach().clone())
+            super().add_targets(Y, X_star)
 
     return Recording
 
@@ -143,14 +147,14 @@ def test_error_corrected_statistics_of_o_proj():
 
 
 def test_the_down_projection_absorbs_attentions_residual_error():
-    """Residual correction: the down projection's targets are shifted by ``R − R*``, the dense
-    minus the pruned residual stream entering the MLP (with attention's q/k/v/o pruned)."""
+    """Residual correction: the down projection's targets are its dense output ``X W₀ᵀ`` plus
+    ``R − R*``, the dense minus the pruned residual stream entering the MLP (attention pruned)."""
     dense = tiny_model("llama", scale=5.0)
     model = copy.deepcopy(dense)
     ids = calib(4, 16)
     captured, _ = _prune_recording(model, ids, method="wanda", error_correction=True, batch_size=2)
     acc = captured[3]  # block 0, group 3 = down_proj
-    assert all(o is None for a in captured[:3] for o in a.offsets)
+    assert not any(a.ys for a in captured[:3]) and not acc.xs  # given targets: no X for down_proj
     hybrid = copy.deepcopy(dense)  # block 0's attention pruned, its MLP dense
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         getattr(hybrid.model.layers[0].self_attn, name).weight.data.copy_(
@@ -159,11 +163,14 @@ def test_the_down_projection_absorbs_attentions_residual_error():
     def residual(m):
         return _operator_input(m, "model.layers.0.post_attention_layernorm", ids)
 
-    torch.testing.assert_close(_stacked(acc.offsets), residual(dense) - residual(hybrid), rtol=1e-4, atol=1e-5)
-    assert float(_stacked(acc.offsets).abs().max()) > 1e-3
+    down_dense = dense.model.layers[0].mlp.down_proj
+    expected = down_dense(_operator_input(dense, "model.layers.0.mlp.down_proj", ids)).detach()
+    error = residual(dense) - residual(hybrid)
+    assert float(error.abs().max()) > 1e-3
+    torch.testing.assert_close(_stacked(acc.ys), expected + error, rtol=1e-4, atol=1e-4)
     plain, _ = _prune_recording(copy.deepcopy(dense), ids, method="wanda", error_correction=True, batch_size=2,
                                 residual_correction=False)
-    assert all(o is None for a in plain for o in a.offsets)
+    assert not any(a.ys for a in plain)
 
 
 def test_no_error_correction_uses_dense_statistics():

@@ -135,22 +135,34 @@ def test_recorded_calls_records_inputs_and_outputs_and_removes_its_hook():
     assert not lin._forward_hooks
 
 
-def test_an_offset_shifts_the_targets():
-    """``G = (X W₀ᵀ + E)ᵀ X*`` and ``c = ‖X W₀ᵀ + E‖²`` per row."""
+def test_given_targets_make_the_target_side():
+    """``add_targets(Y, X*)``: ``G = Yᵀ X*``, ``c = ‖Y‖²`` per row, ``H = X*ᵀ X*``; what ``add``
+    makes from ``Y = X W₀ᵀ``."""
     g = torch.Generator().manual_seed(0)
     X, Xs = torch.randn(2, 5, 6, generator=g, dtype=torch.float64), torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
     W0, E = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
-    acc = LayerStatsAccumulator(6, dtype=torch.float64, targets=[W0])
-    acc.add(X[0], Xs[0], offset=E[0])
-    acc.add(X[1], Xs[1], offset=E[1])
+    given = LayerStatsAccumulator(6, dtype=torch.float64, targets=[W0])
+    plain = LayerStatsAccumulator(6, dtype=torch.float64, targets=[W0])
+    for b in range(2):
+        given.add_targets(X[b] @ W0.T + E[b], Xs[b])
+        plain.add(X[b], Xs[b])
     Y = (X @ W0.T + E).reshape(-1, 3)
-    torch.testing.assert_close(acc.G, Y.T @ Xs.reshape(-1, 6))
-    torch.testing.assert_close(acc.c, Y.square().sum(0))
+    torch.testing.assert_close(given.G, Y.T @ Xs.reshape(-1, 6))
+    torch.testing.assert_close(given.c, Y.square().sum(0))
+    torch.testing.assert_close(given.H, plain.H)
+    assert given.n_tokens == plain.n_tokens == 10
+    given_w0 = LayerStatsAccumulator(6, dtype=torch.float64, targets=[W0])
+    given_w0.add_targets(X[0] @ W0.T, Xs[0])
+    plain_w0 = LayerStatsAccumulator(6, dtype=torch.float64, targets=[W0])
+    plain_w0.add(X[0], Xs[0])
+    torch.testing.assert_close(given_w0.G, plain_w0.G)
 
 
-def test_an_offset_needs_targets_and_their_width():
-    with pytest.raises(ValueError, match="offset of the targets needs an accumulator with targets"):
-        LayerStatsAccumulator(4).add(torch.randn(5, 4), torch.randn(5, 4), offset=torch.randn(5, 2))
+def test_given_targets_need_an_accumulator_with_targets_and_their_width():
+    with pytest.raises(ValueError, match="given targets need an accumulator with targets"):
+        LayerStatsAccumulator(4).add_targets(torch.randn(5, 2), torch.randn(5, 4))
     acc = LayerStatsAccumulator(4, targets=[torch.randn(2, 4)])
-    with pytest.raises(ValueError, match="offset must have last dimension Σ d_out = 2"):
-        acc.add(torch.randn(5, 4), torch.randn(5, 4), offset=torch.randn(5, 3))
+    with pytest.raises(ValueError, match="Y must have last dimension Σ d_out = 2"):
+        acc.add_targets(torch.randn(5, 3), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="Y and X_star must hold the same tokens"):
+        acc.add_targets(torch.randn(5, 2), torch.randn(4, 4))

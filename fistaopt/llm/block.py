@@ -90,7 +90,8 @@ def prune_block(
                     and last_name is not None and stream.adds_to_output(work, last_name)):
                 work.residual_of = last_name
             stream.start_pruned_forwards(work, groups)
-            stream.share_dense_forward(work, groups[1:])
+            # the last group's X is not needed when its operator absorbs the residual error
+            stream.share_dense_forward(work, groups[1:-1] if work.residual_of is not None else groups[1:])
             for gi, g in enumerate(groups):
                 absorbs = work.residual_of is not None and gi == len(groups) - 1
                 acc = new_acc(g, targets=absorbs or (gi > 0 and targets_pay(g.d_in, [op.d_out for op in g])))

@@ -11,12 +11,14 @@ stream.  Fitting the last operator to the dense block's *output* instead,
     min_W ‖X* Wᵀ − (X W₀ᵀ + R − R*)‖²,
 
 lets it cancel what it can of that error; the layer problem keeps its form (only the
-target side ``G = Yᵀ X*``, ``c = ‖Y‖²`` changes, :class:`~fistaopt.problems.LayerStatsAccumulator`
-with an ``offset``), and so do the damping toward ``W₀`` and the solvers.  ``R − R*`` is
-read from forwards that error correction runs anyway: ``R = out − x W₀ᵀ`` from the dense
-copy's shared forward run to its end, ``R* = out* − x* W₀ᵀ`` from the pruned block's
-forwards before the last operator is pruned; the block's pruned output is then
-``R* + x* Wᵀ`` with no further forward.
+target side ``G = Yᵀ X*``, ``c = ‖Y‖²`` changes:
+:meth:`~fistaopt.problems.LayerStatsAccumulator.add_targets`), and so do the damping toward
+``W₀`` and the solvers.  The target is read from forwards that error correction runs
+anyway, at no extra product: ``Y = out − R* − b`` (``X W₀ᵀ + b + R = out``), with ``out``
+the dense copy's output (its shared forward run to its end) and ``R*`` the pruned block's
+output with the last operator's output set to zero (:func:`zero_output`; the block's
+forwards end there, before that operator is pruned).  The block's pruned output is then
+``R* + x* Wᵀ + b``, one product as before.
 
 :func:`adds_to_output` checks the form ``out = R + y`` on one batch (a block whose last
 operator feeds a norm, as Gemma's post-feed-forward norm, or a gate, as a mixture of
@@ -59,6 +61,20 @@ def recorded_calls(module: nn.Module) -> Iterator[list[tuple[torch.Tensor, torch
         yield calls
     finally:
         handle.remove()
+
+
+@contextmanager
+def zero_output(module: nn.Module, d_out: int) -> Iterator[None]:
+    """``module`` returns zeros ``(..., d_out)`` (its input's dtype and device) without computing
+    its product, while the context is open; hooks still run."""
+    def zeros(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], d_out)
+
+    module.forward = zeros  # instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        del module.forward
 
 
 @torch.no_grad()

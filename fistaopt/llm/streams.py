@@ -23,7 +23,6 @@ by choosing the class (:func:`make_stream`).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator
 
@@ -32,7 +31,7 @@ from torch import nn
 
 from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
 from fistaopt.llm.model import OperatorGroup
-from fistaopt.llm.residual import adds_to_output, recorded_calls
+from fistaopt.llm.residual import adds_to_output, recorded_calls, zero_output
 from fistaopt.llm.stepped_forward import SteppedForwards, held_bytes
 from fistaopt.problems import LayerStatsAccumulator
 
@@ -84,12 +83,11 @@ class BlockWork:
     outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
     cached_groups: list[OperatorGroup] = field(default_factory=list)
     pruned_forwards: SteppedForwards | None = None  # the block's paused forwards, when they fit
-    keep_dense_outputs: bool = False  # the shared dense forward runs to its end (block tuning's targets)
-    dense_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # by batch, when kept
+    keep_dense_outputs: bool = False  # the shared dense forward's outputs are kept (block tuning's targets)
+    dense_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # by batch, from the shared forward
     residual_of: str | None = None  # the last operator, when it absorbs the residual error (residual.py)
     residual_parts: tuple[Hidden | None, Hidden] | None = None  # its X* (if held) and R* per batch
     _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
-    _dense_rest: dict[int, torch.Tensor] = field(default_factory=dict)  # R = out − y of the dense copy, by batch
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
         """The input of ``group`` for batch ``b`` in the dense copy or the (partly pruned) block."""
@@ -117,25 +115,19 @@ class BlockWork:
             modules = [self.dense.get_submodule(n) for n in names]
             to_end = self.keep_dense_outputs or self.residual_of is not None
             outputs: list[torch.Tensor] | None = [] if to_end else None
-            last = self.dense.get_submodule(self.residual_of) if self.residual_of is not None else None
-            with recorded_calls(last) if last is not None else nullcontext([]) as last_calls:
-                inputs = inputs_of_many(self.dense, modules, self.calls[b], hidden, self.device, outputs)
-            self._dense_inputs[b] = dict(zip(names, inputs))
-            if outputs and self.keep_dense_outputs:
+            self._dense_inputs[b] = dict(zip(names, inputs_of_many(self.dense, modules, self.calls[b], hidden,
+                                                                    self.device, outputs)))
+            if outputs:
                 self.dense_outputs[b] = outputs[0]
-            if outputs and last_calls:
-                self._dense_rest[b] = _rest(outputs[0], last_calls)
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
 
-    def dense_rest(self, b: int, hidden: torch.Tensor) -> torch.Tensor:
-        """``R = out − y`` of batch ``b`` in the dense copy (float32, on the CPU): its output
-        without the last operator's (from the shared forward, else one forward of its own)."""
-        if b in self._dense_rest:
-            return self._dense_rest.pop(b)
-        assert self.dense is not None and self.residual_of is not None
-        with recorded_calls(self.dense.get_submodule(self.residual_of)) as calls:
-            out = run_block(self.dense, self.calls[b], hidden, self.device)
-        return _rest(out, calls)
+    def dense_output(self, b: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The dense copy's output for batch ``b`` (on the CPU): from the shared forward (kept
+        for tuning, else handed over once), or one forward of its own."""
+        if b in self.dense_outputs:
+            return self.dense_outputs[b] if self.keep_dense_outputs else self.dense_outputs.pop(b)
+        assert self.dense is not None
+        return run_block(self.dense, self.calls[b], hidden, self.device)
 
     def pruned_inputs(self, group: OperatorGroup, hidden: Hidden) -> Iterator[torch.Tensor]:
         """``X*`` of ``group`` batch by batch: the next pause of the stepped forwards (held there
@@ -150,13 +142,6 @@ class BlockWork:
             self.pruned_forwards.close()
             self.pruned_forwards = None
         self.residual_parts = None
-
-
-def _rest(out: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """``out − y`` in float32 on the CPU, ``y`` the one recorded output of the last operator."""
-    if len(calls) != 1:
-        raise RuntimeError(f"the block's last operator was called {len(calls)} times in one forward, not once")
-    return out.float() - calls[0][1].float().cpu().reshape(out.shape)  # OPT runs its MLP on (tokens, d)
 
 
 class PrunedStream:
@@ -218,34 +203,38 @@ class PrunedStream:
         return self._additive[key]
 
     def residual_statistics(self, work: BlockWork, group: OperatorGroup, acc: LayerStatsAccumulator) -> None:
-        """Stream the last group's ``X``, ``X*`` and the residual error ``R − R*`` its operator
-        absorbs (``work.residual_of``; :mod:`fistaopt.llm.residual`).  With paused forwards they
-        run to their end here (the operator still dense), and the block's outputs are later
-        ``R* + x* Wᵀ``; else one forward per batch gives ``X*`` and ``R*`` (``R*`` is kept, and
-        :meth:`block_outputs` recomputes ``X*``: the same outputs, bit for bit)."""
-        assert work.residual_of is not None and acc.W_targets is not None
+        """Stream the last group's ``X*`` and the targets ``Y = out − R* − b`` that make the
+        pruned block's output the dense block's (``work.residual_of``; :mod:`fistaopt.llm.residual`).
+        ``R*`` is the block's output with that operator's output zero: the paused forwards end
+        here (their outputs later ``R* + x* Wᵀ + b``), else one forward per batch gives ``X*``
+        and ``R*`` (``R*`` is kept, and :meth:`block_outputs` recomputes ``X*``: the same
+        outputs, bit for bit)."""
+        assert work.residual_of is not None
+        op = group.operators[0]
         module = work.block.get_submodule(work.residual_of)
+        bias = getattr(module, "bias", None)
         xs: Hidden | None = None
         rests: Hidden = []
         if work.pruned_forwards is not None:
-            xs = work.pruned_forwards.step()
-            with recorded_calls(module) as calls:
-                outs = work.pruned_forwards.finish()
+            # in place before the forwards resume: a forward looks up ``module.forward`` as it
+            # enters the module, before the pause there
+            with zero_output(module, op.d_out):
+                xs = work.pruned_forwards.step()
+                rests = [o.float() for o in work.pruned_forwards.finish()]
             work.pruned_forwards = None
-            if len(calls) != len(outs):
-                raise RuntimeError(f"the block's last operator was called {len(calls)} times in {len(outs)} forwards")
-            rests = [_rest(o, [c]) for o, c in zip(outs, calls)]
         for b, h in enumerate(self.hidden):
             if xs is not None:
                 x_star, rest = xs[b], rests[b]
             else:
-                with recorded_calls(module) as calls:
-                    out = run_block(work.block, work.calls[b], h, work.device)
-                x_star, rest = calls[0][0], _rest(out, calls)
+                with zero_output(module, op.d_out), recorded_calls(module) as calls:
+                    rest = run_block(work.block, work.calls[b], h, work.device).float()
+                x_star = calls[0][0]
                 rests.append(rest)
-            offset = (work.dense_rest(b, h) - rest).reshape(*x_star.shape[:-1], -1)  # x*'s token layout
-            acc.add(work.dense_input(group, b, h), skip_tokens(x_star, work.skip),
-                    offset=skip_tokens(offset, work.skip))
+            Y = work.dense_output(b, h).float() - rest
+            if bias is not None:
+                Y -= bias.detach().float().cpu()
+            Y = Y.reshape(*x_star.shape[:-1], op.d_out)  # x*'s token layout (OPT: (tokens, d))
+            acc.add_targets(skip_tokens(Y, work.skip), skip_tokens(x_star, work.skip))
         work.residual_parts = (xs, rests)
 
     def dense_statistics(self, work: BlockWork, groups: list[OperatorGroup], accs: list[LayerStatsAccumulator]) -> None:

@@ -69,27 +69,13 @@ class LayerStatsAccumulator:
             self.G = torch.zeros_like(self.W_targets)
             self.c = torch.zeros(self.W_targets.shape[0], dtype=torch.float64, device=self.device)
 
-    def add(self, X: Any, X_star: Any = None, offset: Any = None) -> None:
-        """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count).
-
-        ``offset`` (``(..., Σ d_out)``, the same tokens; only with ``targets``) is added to the
-        targets of this batch: ``Y = X W₀ᵀ + offset`` (a block's residual error that its last
-        operator is to absorb, :mod:`fistaopt.llm.streams`)."""
+    def add(self, X: Any, X_star: Any = None) -> None:
+        """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count)."""
         X = _tokens(X, "X", self.d_in, self.dtype, self.device)
-        if offset is not None and self.W_targets is None:
-            raise ValueError("an offset of the targets needs an accumulator with targets")
         if self.W_targets is not None:
             Xs = X if X_star is None else _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
             _same_tokens(X, Xs)
-            assert self.G is not None and self.c is not None
-            self.H.addmm_(Xs.T, Xs)
-            Y = X @ self.W_targets.T
-            if offset is not None:
-                offset = _tokens(offset, "offset", Y.shape[1], self.dtype, self.device, width="Σ d_out")
-                _same_tokens(X, offset)
-                Y += offset
-            self.G.addmm_(Y.T, Xs)
-            self.c += Y.to(torch.float64).square().sum(0)
+            self._add_targets(X @ self.W_targets.T, Xs)
         elif X_star is None:
             if self.C is not None:
                 raise ValueError("this accumulator received X_star before; pass X_star for every batch")
@@ -106,6 +92,25 @@ class LayerStatsAccumulator:
             self.C.addmm_(X.T, Xs)
             self.D.addmm_(X.T, X)
         self.n_tokens += X.shape[0]
+
+    def add_targets(self, Y: Any, X_star: Any) -> None:
+        """Add a batch whose targets are given: ``Y (..., Σ d_out)``, the outputs the operators'
+        ``X_star (..., d_in)`` are to produce (same token count), instead of ``X W₀ᵀ``
+        (a block's last operator fitted to the block's output, :mod:`fistaopt.llm.residual`).
+        Needs an accumulator with ``targets`` (they set the operators' rows)."""
+        if self.W_targets is None:
+            raise ValueError("given targets need an accumulator with targets (the operators' dense weights)")
+        Xs = _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
+        Y = _tokens(Y, "Y", self.W_targets.shape[0], self.dtype, self.device, width="Σ d_out")
+        _same_tokens(Y, Xs, "Y")
+        self._add_targets(Y, Xs)
+        self.n_tokens += Xs.shape[0]
+
+    def _add_targets(self, Y: torch.Tensor, Xs: torch.Tensor) -> None:
+        assert self.G is not None and self.c is not None
+        self.H.addmm_(Xs.T, Xs)
+        self.G.addmm_(Y.T, Xs)
+        self.c += Y.to(torch.float64).square().sum(0)
 
     @property
     def error_corrected(self) -> bool:
@@ -156,9 +161,9 @@ class LayerStatsAccumulator:
         return 1.0 / self.n_tokens if normalize else 1.0
 
 
-def _same_tokens(X: torch.Tensor, Xs: torch.Tensor) -> None:
+def _same_tokens(X: torch.Tensor, Xs: torch.Tensor, name: str = "X") -> None:
     if Xs.shape[0] != X.shape[0]:
-        raise ValueError(f"X and X_star must hold the same tokens: {X.shape[0]} vs {Xs.shape[0]} rows")
+        raise ValueError(f"{name} and X_star must hold the same tokens: {X.shape[0]} vs {Xs.shape[0]} rows")
 
 
 def targets_pay(d_in: int, d_outs: Sequence[int]) -> bool:
