@@ -14,8 +14,9 @@ lets it cancel what it can of that error; the layer problem keeps its form (only
 target side ``G = Yᵀ X*``, ``c = ‖Y‖²`` changes:
 :meth:`~fistaopt.problems.LayerStatsAccumulator.add_targets`), and so do the damping toward
 ``W₀`` and the solvers.  The target is read from forwards that error correction runs
-anyway, at no extra product: ``Y = out − R* − b`` (``X W₀ᵀ + b + R = out``), with ``out``
-the dense copy's output (its shared forward run to its end) and ``R*`` the pruned block's
+anyway, with one extra product (the dense copy's last operator): ``Y = out − R* − b``
+(``X W₀ᵀ + b + R = out``), with ``out`` the dense copy's output (its shared forward, run to
+its end instead of stopping at the last operator's input) and ``R*`` the pruned block's
 output with the last operator's output set to zero (:func:`zero_output`; the block's
 forwards end there, before that operator is pruned).  The block's pruned output is then
 ``R* + x* Wᵀ + b``, one product as before.
