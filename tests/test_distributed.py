@@ -112,6 +112,38 @@ def test_parallel_blocks_needs_dense_inputs_and_no_checkpoints(tmp_path):
         _pruned("llama", method="wanda", parallel="layers")
 
 
+def _agree_and_dissent(comm: Communicator, out: str) -> None:
+    """Rank 1 finds the down projection not additive: no rank may use residual correction."""
+    import fistaopt.llm.streams as streams
+
+    results = [comm.all_agree(True), comm.all_agree(comm.rank == 0)]
+    if comm.rank == 1:
+        streams.adds_to_output = lambda *args, **kwargs: False  # this spawned process only
+    torch.set_num_threads(1)
+    model, _ = _pruned("llama", comm, method="fista")
+    if comm.is_main:
+        torch.save({"agree": results, "state": model.state_dict()}, Path(out) / "agree.pt")
+
+
+def test_ranks_agree_on_residual_correction(tmp_path):
+    """Each rank checks additivity on its own first batch; one dissent turns it off on all
+    (else rank 0 would sum targets' statistics with rank 1's cross statistics)."""
+    assert Communicator().all_agree(True) and not Communicator().all_agree(False)
+    launch(_agree_and_dissent, 2, (str(tmp_path),), timeout_s=120)
+    got = torch.load(tmp_path / "agree.pt", weights_only=False)
+    assert got["agree"] == [True, False]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain, _ = _pruned("llama", method="fista", residual_correction=False)
+        corrected, _ = _pruned("llama", method="fista")
+    finally:
+        torch.set_num_threads(threads)
+    assert _weights_agree(got["state"], plain.state_dict()) <= WEIGHT_RTOL
+    downs = [k for k in plain.state_dict() if k.endswith("down_proj.weight")]
+    assert downs and any(not torch.allclose(got["state"][k], corrected.state_dict()[k]) for k in downs)
+
+
 def _interrupted(comm: Communicator, ckpt: str) -> None:
     torch.set_num_threads(1)
 

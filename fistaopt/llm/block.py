@@ -87,7 +87,7 @@ def prune_block(
         if config.error_correction:
             last_name = last_operator(groups)
             if (config.residual_correction and stream.corrects_residual and work.dense is not None
-                    and last_name is not None and stream.adds_to_output(work, last_name)):
+                    and last_name is not None and stream.adds_to_output(work, last_name, comm)):
                 work.residual_of = last_name
             stream.start_pruned_forwards(work, groups)
             # the last group's X is not needed when its operator absorbs the residual error

@@ -136,6 +136,16 @@ class Communicator:
         self.sum_over_ranks([count] + ([acc.c] if acc.c is not None else []))  # float64, one all-reduce
         acc.n_tokens = int(count.item())
 
+    def all_agree(self, flag: bool) -> bool:
+        """True where every rank's ``flag`` is True (one all-reduce): a decision each rank
+        takes from its own data (as whether an operator adds to its block's output, checked on
+        the rank's first batch) must be the same on all, or their statistics would not match."""
+        if not self.distributed:
+            return bool(flag)
+        dissent = torch.tensor([0.0 if flag else 1.0], dtype=torch.float64)
+        self.sum_over_ranks([dissent])
+        return bool(dissent.item() == 0.0)
+
     def sum_over_ranks(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each of ``tensors`` (one dtype) by its sum over the ranks, in place (one all-reduce)."""
         if not self.distributed or not tensors:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
+from fistaopt.llm.distributed import SINGLE, Communicator
 from fistaopt.llm.model import OperatorGroup
 from fistaopt.llm.residual import adds_to_output, recorded_calls, zero_output
 from fistaopt.llm.stepped_forward import SteppedForwards, held_bytes
@@ -192,14 +193,16 @@ class PrunedStream:
             else:
                 acc.add(work.dense_input(group, b, h), x_star)
 
-    def adds_to_output(self, work: BlockWork, name: str) -> bool:
+    def adds_to_output(self, work: BlockWork, name: str, comm: Communicator = SINGLE) -> bool:
         """Whether the block's operator ``name`` adds its output to the block's
         (:func:`~fistaopt.llm.residual.adds_to_output` on the dense copy and the first batch;
-        checked once per block class and operator)."""
+        checked once per block class and operator, and agreed over ``comm``'s ranks, which
+        check their own first batch)."""
         assert work.dense is not None
         key = f"{type(work.dense).__qualname__}.{name}"
         if key not in self._additive:
-            self._additive[key] = adds_to_output(work.dense, name, work.calls[0], self.hidden[0], work.device)
+            adds = adds_to_output(work.dense, name, work.calls[0], self.hidden[0], work.device)
+            self._additive[key] = comm.all_agree(adds)
         return self._additive[key]
 
     def residual_statistics(self, work: BlockWork, group: OperatorGroup, acc: LayerStatsAccumulator) -> None:
