@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles.
+"""Shared pytest configuration: hypothesis profiles, one BLAS thread, the ``one_thread`` fixture.
 
 ``HYPOTHESIS_PROFILE=ci`` (default): ~25 derandomized examples per property, no deadline
 (cvxpy solves vary in time).  ``HYPOTHESIS_PROFILE=long``: many more, random seeds.
@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # the tests import the package and the shared strategies from the checkout
@@ -40,3 +41,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("FISTAOPT_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def one_thread():
+    """One thread for the test's own prunes, as the spawned ranks use (other thread counts
+    round differently); the previous count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -80,14 +80,6 @@ def _load(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks: other thread counts round differently
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_two_ranks_allocate_as_one(tmp_path, one_thread):
     launch(_run_cases, 2, (str(tmp_path),), timeout_s=300)
     for name, (arch, kwargs) in CASES.items():

@@ -78,14 +78,9 @@ def test_row_shares_are_balanced_and_cover_all_rows():
         comm.local_batches([torch.zeros(1, 4)] * 2)
 
 
-def test_two_ranks_prune_as_one(tmp_path):
+def test_two_ranks_prune_as_one(tmp_path, one_thread):
     launch(_run_cases, 2, (str(tmp_path),), timeout_s=120)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the ranks: other thread counts round differently
-    try:
-        reference = {name: _pruned(arch, **kwargs) for name, (arch, kwargs) in CASES.items()}
-    finally:
-        torch.set_num_threads(threads)
+    reference = {name: _pruned(arch, **kwargs) for name, (arch, kwargs) in CASES.items()}
     for name, (arch, kwargs) in CASES.items():
         model, report = reference[name]
         got = torch.load(tmp_path / f"{name}.pt", weights_only=False)
@@ -125,20 +120,15 @@ def _agree_and_dissent(comm: Communicator, out: str) -> None:
         torch.save({"agree": results, "state": model.state_dict()}, Path(out) / "agree.pt")
 
 
-def test_ranks_agree_on_residual_correction(tmp_path):
+def test_ranks_agree_on_residual_correction(tmp_path, one_thread):
     """Each rank checks additivity on its own first batch; one dissent turns it off on all
     (else rank 0 would sum targets' statistics with rank 1's cross statistics)."""
     assert Communicator().all_agree(True) and not Communicator().all_agree(False)
     launch(_agree_and_dissent, 2, (str(tmp_path),), timeout_s=120)
     got = torch.load(tmp_path / "agree.pt", weights_only=False)
     assert got["agree"] == [True, False]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        plain, _ = _pruned("llama", method="fista", residual_correction=False)
-        corrected, _ = _pruned("llama", method="fista")
-    finally:
-        torch.set_num_threads(threads)
+    plain, _ = _pruned("llama", method="fista", residual_correction=False)
+    corrected, _ = _pruned("llama", method="fista")
     assert _weights_agree(got["state"], plain.state_dict()) <= WEIGHT_RTOL
     downs = [k for k in plain.state_dict() if k.endswith("down_proj.weight")]
     assert downs and any(not torch.allclose(got["state"][k], corrected.state_dict()[k]) for k in downs)
