@@ -24,13 +24,18 @@ Methods are specs in the one syntax of fistaopt, ``name`` or ``name[option=value
 (``fista[warm_start=sparsegpt]``; options are :class:`fistaopt.llm.PruneConfig` fields,
 layer options or solver options), separated by ``;``. Baselines run in their original
 protocol unless options say otherwise: statistics of the dense block (no intra-block
-error correction) and pruned block inputs. The JSON's ``protocol`` block holds the exact
+error correction) and pruned block inputs. ``llmcompressor-sparsegpt`` and
+``llmcompressor-wanda`` are reference rows from llm-compressor on the same windows, where it is
+installed (``benchmarks/llmcompressor_rows.py``). The JSON's ``protocol`` block holds the exact
 command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
@@ -150,6 +155,14 @@ def plan_tasks(methods: list[str], patterns: list[str], seeds: list[int],
     return tasks
 
 
+def sibling(name: str) -> Any:
+    """A module beside this script (``benchmarks/`` is not a package)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
+
+
 # ------------------------------------------------------------------ one worker: one model, many rows
 _WORKER: dict[str, Any] = {}
 
@@ -172,24 +185,41 @@ def method_settings(method: Any) -> dict:
 
 
 def run_task(task: Task) -> dict:
+    """:func:`prune_and_score`, or the task with an ``error`` (``"Type: message"``) where it raised,
+    so one failing row (an llm-compressor bug, say) does not lose the rows of a long run."""
+    try:
+        return prune_and_score(task)
+    except Exception as e:  # recorded in the JSON, reported by main
+        logging.getLogger(__name__).exception("row %s at %s, seed %d failed", task.method, task.pattern, task.seed)
+        return {**asdict(task), "error": f"{type(e).__name__}: {' '.join(str(e).split())}", "pid": os.getpid()}
+
+
+def prune_and_score(task: Task) -> dict:
     """Prune a fresh copy of the dense weights as ``task`` says, then score both texts."""
     from fistaopt import llm
 
     setup, model = _WORKER["setup"], _WORKER["model"]
     model.load_state_dict(_WORKER["dense"])
+    method, reference = Spec.parse(task.method), sibling("llmcompressor_rows")
+    external = reference.is_external(method.name)
+    if external:
+        model = copy.deepcopy(model)  # oneshot leaves its session's wrappers on the model it prunes
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
-    report, kwargs = None, {}
-    if task.method != "dense":
-        method = Spec.parse(task.method)
+    totals, kwargs = {}, {}
+    if external:
+        torch.manual_seed(task.seed)
+        kwargs = dict(method.options)
+        totals = {"sparsity": reference.prune(model, setup["calibration"][task.seed], method.name,
+                                              pattern_args(task.pattern), kwargs)}
+    elif task.method != "dense":
         kwargs = method_settings(method)
         torch.manual_seed(task.seed)
-        report = llm.prune(model, setup["calibration"][task.seed], method=method.name, progress=False,
-                           blocks=setup["blocks"], **{**pattern_args(task.pattern), **kwargs})
+        totals = llm.prune(model, setup["calibration"][task.seed], method=method.name, progress=False,
+                           blocks=setup["blocks"], **{**pattern_args(task.pattern), **kwargs}).totals
     t1 = time.perf_counter()
     ppl = {name: float(llm.perplexity(model, setup["texts"][name], seqlen=setup["seqlen"],
                                       bos_token_id=setup["bos_id"])) for name in TEXTS}
-    totals = report.totals if report is not None else {}
     return {
         **asdict(task), "ppl": ppl, "prune_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1,
         "loadavg_1m": [load_start, os.getloadavg()[0]], "mean_rel_error": totals.get("mean_rel_error"),
@@ -218,9 +248,10 @@ def spread(values: list[float]) -> dict:
 
 
 def group_rows(runs: list[dict]) -> list[dict]:
-    """One row per (method, pattern), in first-seen order, with its runs and their spread."""
+    """One row per (method, pattern), in first-seen order, with its runs and their spread
+    (runs that failed are left out: the JSON lists them under ``failed``)."""
     rows: dict[tuple[str, str], dict] = {}
-    for run in runs:
+    for run in (r for r in runs if "error" not in r):
         row = rows.setdefault((run["method"], run["pattern"]), {"method": run["method"], "pattern": run["pattern"],
                                                                 "seeds": [], "runs": []})
         row["seeds"].append(run["seed"])
@@ -303,6 +334,15 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
     }
 
 
+def versions(methods: list[str]) -> dict:
+    """The versions the rows ran with: torch, transformers, Python, and llm-compressor where it ran."""
+    out = {"torch": torch.__version__, "transformers": importlib.metadata.version("transformers"),
+           "python": platform.python_version()}
+    if any(sibling("llmcompressor_rows").is_external(Spec.parse(m).name) for m in methods):
+        out["llmcompressor"] = importlib.metadata.version("llmcompressor")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -314,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
         seeded = parse_seeded_rows(args.seeded_rows, methods, patterns)
         tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense, only=only)
+        reference = sibling("llmcompressor_rows")
+        reference.check([(Spec.parse(t.method), pattern_args(t.pattern)) for t in tasks if t.method != "dense"])
+        if args.blocks and any(reference.is_external(Spec.parse(m).name) for m in methods):
+            raise ValueError("--blocks does not apply to llm-compressor rows: they prune every block")
     except ValueError as e:
         print(f"prune_quality.py: error: {e}", file=sys.stderr)
         return 2
@@ -334,18 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "protocol": {**protocol(args, argv, setup, seeded), "wall_seconds": time.perf_counter() - t0,
                      "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": versions(methods),
         "rows": group_rows(runs),
+        "failed": [r for r in runs if "error" in r],
     }
+    for run in result["failed"]:
+        print(f"prune_quality.py: row {run['method']} at {run['pattern']}, seed {run['seed']} failed: {run['error']}",
+              file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from quality_table import render
-
+        render = sibling("quality_table").render
         _io.write_text(Path(args.out), text)
         _io.write_text(Path(args.out).with_suffix(".md"), render(result, source=args.out))
-    return 0
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -175,3 +175,63 @@ def test_methods_restricted_to_patterns():
         ("sparsegpt", "70%"), ("fista[allocation=owl,max_deviation=0.1]", "70%")]
     with pytest.raises(ValueError, match="not in --patterns"):
         pq.parse_methods("fista@60%", patterns)
+
+
+# ------------------------------------------------------------------ llm-compressor reference rows
+lc = _load("llmcompressor_rows")
+
+
+def test_llmcompressor_rows_map_patterns_and_refuse_in_one_line(monkeypatch):
+    """Its pattern arguments, and a row that cannot run here refused before any work."""
+    from fistaopt.study.specs import Spec
+
+    assert lc.mask_structure(pq.pattern_args("70%")) == (0.7, "0:0")
+    assert lc.mask_structure(pq.pattern_args("2:4")) == (0.5, "2:4")
+    assert lc.is_external("llmcompressor-wanda") and not lc.is_external("wanda")
+    rows = [(Spec.parse("sparsegpt"), pq.pattern_args("50%")), (Spec.parse("fista"), pq.pattern_args("2:4"))]
+    lc.check(rows)  # no llm-compressor row: nothing to import
+    with pytest.raises(ValueError, match="rows are llmcompressor-sparsegpt, llmcompressor-wanda"):
+        lc.check([(Spec.parse("llmcompressor-magnitude"), pq.pattern_args("50%"))])
+    monkeypatch.setattr(lc, "installed", lambda: False)
+    with pytest.raises(ValueError, match="'llmcompressor-wanda' needs llmcompressor in this environment"):
+        lc.check([*rows, (Spec.parse("llmcompressor-wanda"), pq.pattern_args("50%"))])
+
+
+def test_an_llmcompressor_row_without_it_stops_the_command_in_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(lc, "installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "llmcompressor_rows", lc)  # what prune_quality's sibling() imports
+    assert pq.main(["--patterns", "50%", "--methods", "sparsegpt;llmcompressor-sparsegpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prune_quality.py: error: method 'llmcompressor-sparsegpt' needs llmcompressor") and "\n" not in err
+    assert pq.main(["--patterns", "50%", "--methods", "llmcompressor-wanda", "--blocks", "0-1"]) == 2
+
+
+def test_a_failed_row_is_recorded_and_the_others_kept(capsys, monkeypatch, tmp_path):
+    """A row that raises becomes an ``error`` entry under ``failed``; the run's other rows, its
+    JSON and its tables are written, and the command exits 1 naming the row."""
+    task = pq.Task("fista", "50%", 0)
+
+    def raises(t):
+        raise RuntimeError("solver\nblew up")
+
+    monkeypatch.setattr(pq, "prune_and_score", raises)
+    failed = pq.run_task(task)
+    assert failed == {"method": "fista", "pattern": "50%", "seed": 0, "error": "RuntimeError: solver blew up",
+                      "pid": failed["pid"]}
+    ok = run("sparsegpt", "50%", 0, 58.5, 35.7, 240.0)
+    assert [r["method"] for r in pq.group_rows([ok, failed])] == ["sparsegpt"]
+
+    import fistaopt.llm
+
+    monkeypatch.setattr(fistaopt.llm, "load_model", lambda name: (object(), object()))
+    monkeypatch.setattr(pq, "prepare", lambda args, tok, seeds: {
+        "bos_id": None, "texts": {"wikitext2": pq.torch.zeros(4), "heldout": pq.torch.zeros(2)}})
+    monkeypatch.setattr(pq, "run_tasks", lambda tasks, setup, jobs, model: iter([ok, failed]))
+    out = tmp_path / "r.json"
+    assert pq.main(["--patterns", "50%", "--methods", "sparsegpt;fista", "--seeds", "0", "--skip-dense",
+                    "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "prune_quality.py: row fista at 50%, seed 0 failed: RuntimeError: solver blew up" in err
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["rows"]] == ["sparsegpt"] and result["failed"] == [failed]
+    assert "| sparsegpt | **58.50** |" in out.with_suffix(".md").read_text()
