@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from fistaopt import _io
 
@@ -84,8 +86,10 @@ def perplexity_table(rows: list[dict], text: str) -> list[str]:
     return lines
 
 
-def render(result: dict, source: str | None = None, name: str | None = None) -> str:
-    """The generated block (no markers): both tables, the protocol and the reproducing command."""
+def render(result: dict, source: str | None = None, name: str | None = None,
+           files: Sequence[str] = ("README.md", "docs/pruning.md")) -> str:
+    """The generated block (no markers): both tables, the protocol and the reproducing command
+    (which rewrites ``files``)."""
     rows, proto = result["rows"], result["protocol"]
     out = []
     for text, title in TEXT_TITLES.items():
@@ -101,8 +105,8 @@ def render(result: dict, source: str | None = None, name: str | None = None) -> 
                f"blocks {proto['blocks']}.")
     where = f" (JSON: `{source}`)" if source else ""
     out += ["", f"Reproduce{where}:", "", "```bash", proto["command"],
-            f"python benchmarks/quality_table.py {source or 'RESULT.json'} README.md docs/pruning.md"
-            + ("" if name is None else f" --name {name}"), "```"]
+            shlex.join(["python", "benchmarks/quality_table.py", source or "RESULT.json", *files,
+                        *([] if name is None else ["--name", name])]), "```"]
     return "\n".join(out) + "\n"
 
 
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.name is not None and not args.name.replace("-", "").isalnum():
         ap.error(f"--name must be letters, digits and '-', got {args.name!r}")
-    block = render(json.loads(Path(args.result).read_text(encoding="utf-8")), source=args.result, name=args.name)
+    result = json.loads(Path(args.result).read_text(encoding="utf-8"))
+    block = render(result, source=args.result, name=args.name, **({"files": args.files} if args.files else {}))
     if not args.files:
         sys.stdout.write(block)
     rewritten = {name: replace_block(Path(name).read_text(encoding="utf-8"), block, name, args.name)

@@ -79,7 +79,8 @@ def test_main_rewrites_only_the_block_of_every_file(tmp_path):
         assert text.startswith(f"# {doc.name}\nbefore\n\n{qt.START}\n") and text.endswith(f"{qt.END}\n\nafter\n")
         assert "| old | table |" not in text and "| fista | **55.31** |" in text
     once = docs[0].read_text()
-    qt.main([str(result), str(docs[0])])
+    assert f"quality_table.py {result} {docs[0]} {docs[1]}\n" in once  # the command rewrites these files
+    qt.main([str(result), *map(str, docs)])
     assert docs[0].read_text() == once  # regenerating is idempotent
 
 
@@ -93,7 +94,8 @@ def test_a_named_table_has_its_own_markers(tmp_path):
     assert qt.main([str(result), str(doc), "--name", "70"]) == 0
     text = doc.read_text()
     assert f"{qt.START}\nmain\n{qt.END}\n" in text and "old" not in text
-    assert "README.md docs/pruning.md --name 70" in text  # the reproducing command names the block
+    assert f"{doc} --name 70\n" in text  # the reproducing command names the file and the block
+    assert "quality_table.py RESULT.json README.md docs/pruning.md\n" in qt.render(fixture())  # the default files
     with pytest.raises(SystemExit):
         qt.main([str(result), str(doc), "--name", "a b"])
 
