@@ -10,7 +10,9 @@ So the row says whether our SparseGPT and Wanda match the tool users would pick 
 llm-compressor is an optional dependency of this benchmark, never of the package: install
 it into a benchmark environment (``python -m venv .venv-bench && .venv-bench/bin/pip install
 torch==2.13.0 -e . llmcompressor``). Options in brackets go to the modifier as they are
-(``llmcompressor-sparsegpt[dampening_frac=0.1]``, ``[sparsity_profile=owl]``).
+(``llmcompressor-sparsegpt[dampening_frac=0.1]``); its OWL profile
+(``[sparsity_profile=owl,owl_m=5,owl_lmbda=0.08]``) fails in 0.14.0.1 with "Cannot invoke
+event before initializing" (docs/pruning.md, "Against llm-compressor").
 """
 
 from __future__ import annotations
