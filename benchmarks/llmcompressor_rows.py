@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import torch
 
+from fistaopt.sparsity import parse_pattern
+
 PREFIX = "llmcompressor-"
 #: the row name's algorithm → llm-compressor's modifier class
 MODIFIERS = {"sparsegpt": "SparseGPTModifier", "wanda": "WandaPruningModifier"}
@@ -67,10 +69,8 @@ def check(rows: list[tuple[Any, Mapping[str, Any]]]) -> None:
 
 def mask_structure(pattern: Mapping[str, Any]) -> tuple[float, str]:
     """``prune_quality.pattern_args`` output → llm-compressor's ``sparsity`` and ``mask_structure``."""
-    if pattern["pattern"] == "unstructured":
-        return float(pattern["sparsity"]), "0:0"
-    n, m = (int(x) for x in pattern["pattern"].split(":"))
-    return 1 - n / m, f"{n}:{m}"
+    spec = parse_pattern(**pattern)
+    return spec.sparsity, f"{spec.n}:{spec.m}" if spec.kind == "nm" else "0:0"
 
 
 def quiet() -> None:
@@ -99,12 +99,12 @@ def prune(model: torch.nn.Module, windows: torch.Tensor, name: str, pattern: Map
     fraction of zeros in the linear weights it targeted (all but ``lm_head``)."""
     from datasets import Dataset
 
-    quiet()
+    recipe = modifier(name, pattern, options)  # first: it quiets llm-compressor before its import
     from llmcompressor import oneshot
 
     ids = windows.tolist()
     data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(w) for w in ids]})
-    oneshot(model=model, dataset=data, recipe=modifier(name, pattern, options), num_calibration_samples=len(ids),
+    oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(ids),
             max_seq_length=int(windows.shape[1]), shuffle_calibration_samples=False)
     weights = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)

@@ -207,16 +207,16 @@ def prune_and_score(task: Task) -> dict:
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     totals, kwargs = {}, {}
-    if external:
+    if task.method != "dense":
         torch.manual_seed(task.seed)
-        kwargs = dict(method.options)
-        totals = {"sparsity": reference.prune(model, setup["calibration"][task.seed], method.name,
-                                              pattern_args(task.pattern), kwargs)}
-    elif task.method != "dense":
-        kwargs = method_settings(method)
-        torch.manual_seed(task.seed)
-        totals = llm.prune(model, setup["calibration"][task.seed], method=method.name, progress=False,
-                           blocks=setup["blocks"], **{**pattern_args(task.pattern), **kwargs}).totals
+        windows, pattern = setup["calibration"][task.seed], pattern_args(task.pattern)
+        if external:
+            kwargs = dict(method.options)
+            totals = {"sparsity": reference.prune(model, windows, method.name, pattern, kwargs)}
+        else:
+            kwargs = method_settings(method)
+            totals = llm.prune(model, windows, method=method.name, progress=False, blocks=setup["blocks"],
+                               **{**pattern, **kwargs}).totals
     t1 = time.perf_counter()
     ppl = {name: float(llm.perplexity(model, setup["texts"][name], seqlen=setup["seqlen"],
                                       bos_token_id=setup["bos_id"])) for name in TEXTS}
@@ -334,11 +334,11 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
     }
 
 
-def versions(methods: list[str]) -> dict:
+def versions(llmcompressor: bool) -> dict:
     """The versions the rows ran with: torch, transformers, Python, and llm-compressor where it ran."""
     out = {"torch": torch.__version__, "transformers": importlib.metadata.version("transformers"),
            "python": platform.python_version()}
-    if any(sibling("llmcompressor_rows").is_external(Spec.parse(m).name) for m in methods):
+    if llmcompressor:
         out["llmcompressor"] = importlib.metadata.version("llmcompressor")
     return out
 
@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense, only=only)
         reference = sibling("llmcompressor_rows")
         reference.check([(Spec.parse(t.method), pattern_args(t.pattern)) for t in tasks if t.method != "dense"])
-        if args.blocks and any(reference.is_external(Spec.parse(m).name) for m in methods):
+        external = any(reference.is_external(Spec.parse(m).name) for m in methods)
+        if args.blocks and external:
             raise ValueError("--blocks does not apply to llm-compressor rows: they prune every block")
     except ValueError as e:
         print(f"prune_quality.py: error: {e}", file=sys.stderr)
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "protocol": {**protocol(args, argv, setup, seeded), "wall_seconds": time.perf_counter() - t0,
                      "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
-        "versions": versions(methods),
+        "versions": versions(llmcompressor=external),
         "rows": group_rows(runs),
         "failed": [r for r in runs if "error" in r],
     }

@@ -25,6 +25,8 @@ from fistaopt import _io
 
 START = "<!-- quality-table:start -->"
 END = "<!-- quality-table:end -->"
+#: the files the main table is written into (the reproducing command's default)
+FILES = ("README.md", "docs/pruning.md")
 TEXT_TITLES = {"wikitext2": "WikiText-2", "heldout": "the held-out Wikipedia articles, never calibrated on"}
 
 
@@ -87,7 +89,7 @@ def perplexity_table(rows: list[dict], text: str) -> list[str]:
 
 
 def render(result: dict, source: str | None = None, name: str | None = None,
-           files: Sequence[str] = ("README.md", "docs/pruning.md")) -> str:
+           files: Sequence[str] = FILES) -> str:
     """The generated block (no markers): both tables, the protocol and the reproducing command
     (which rewrites ``files``)."""
     rows, proto = result["rows"], result["protocol"]
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is not None and not args.name.replace("-", "").isalnum():
         ap.error(f"--name must be letters, digits and '-', got {args.name!r}")
     result = json.loads(Path(args.result).read_text(encoding="utf-8"))
-    block = render(result, source=args.result, name=args.name, **({"files": args.files} if args.files else {}))
+    block = render(result, source=args.result, name=args.name, files=args.files or FILES)
     if not args.files:
         sys.stdout.write(block)
     rewritten = {name: replace_block(Path(name).read_text(encoding="utf-8"), block, name, args.name)
