@@ -63,6 +63,9 @@ DEFAULT_SEEDED_ROWS = "sparsegpt@50%;fista@50%"
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 BASELINE_PROTOCOL = {"error_correction": False, "block_inputs": "pruned"}
 TEXTS = ("wikitext2", "heldout")
+#: how the markdown tables written next to ``--out`` begin (quality_table.render): an existing
+#: file there that begins otherwise is someone's, and is not overwritten
+TABLE_START = "Perplexity on "
 _PATTERN = re.compile(r"(\d+(?:\.\d+)?)%|(\d+):(\d+)")
 
 
@@ -292,6 +295,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("nsamples", "seqlen", "eval_tokens", "heldout_tokens", "jobs", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.out:
+        table = Path(args.out).with_suffix(".md")
+        if table == Path(args.out):
+            ap.error(f"--out {args.out}: the tables go to the same path with .md; give the JSON another suffix")
+        if table.exists() and not table.read_text(encoding="utf-8", errors="replace").startswith(TABLE_START):
+            ap.error(f"--out {args.out}: {table} exists and is not tables this script wrote; "
+                     "move it or choose another --out")
     return args
 
 

@@ -237,3 +237,18 @@ def test_a_failed_row_is_recorded_and_the_others_kept(capsys, monkeypatch, tmp_p
     result = json.loads(out.read_text())
     assert [r["method"] for r in result["rows"]] == ["sparsegpt"] and result["failed"] == [failed]
     assert "| sparsegpt | **58.50** |" in out.with_suffix(".md").read_text()
+
+
+def test_out_never_overwrites_a_markdown_file_it_did_not_write(tmp_path, capsys):
+    """The tables go next to --out with .md: a file there that is not such tables stops the
+    command before any work, untouched; an --out ending in .md (the JSON and tables at one path) too."""
+    notes = tmp_path / "r.md"
+    notes.write_text("# my notes\n")
+    for out in (tmp_path / "r.json", tmp_path / "r.md"):
+        with pytest.raises(SystemExit):
+            pq.parse_args(["--out", str(out)])
+        assert "--out" in capsys.readouterr().err
+    assert notes.read_text() == "# my notes\n"
+    notes.write_text(qt.render(fixture()))  # tables of an earlier run are rewritten
+    assert qt.render(fixture()).startswith(pq.TABLE_START)
+    assert pq.parse_args(["--out", str(tmp_path / "r.json")]).out == str(tmp_path / "r.json")
