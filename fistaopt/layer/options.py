@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 LAYER_CONTROLLED = ("tol", "max_iter", "check_every", "warn", "callback", "time_limit", "certify")
 PENALTIES = ("l1", "scaled")
 LAM_RULES = ("quantile", "xi")
+#: :attr:`LayerOptions.round_kind` choices: the ℓ1 solver's rounds, or ℓ0-constrained ADMM.
+ROUND_KINDS = ("l1", "l0-admm")
 #: :attr:`LayerOptions.precision` choices: ``auto`` or one of the solvers' PRECISIONS.
 LAYER_PRECISIONS = ("auto", *PRECISIONS)
 #: Solvers that certify but are too slow to prune (verifiers).
@@ -43,9 +45,12 @@ class LayerOptions:
 
     Attributes:
         refit: masked least-squares refit of the kept weights after each rounding.
-        rounds: ℓ1 rounds (solve → round → refit), each from the best point so far; None
-            (default): :func:`auto_rounds` for the pattern (1 for unstructured patterns up to
-            50% sparsity, 2 otherwise).
+        round_kind: what a round solves: ``"l1"`` (the ℓ1 solver from a per-row λ, then
+            rounded to the pattern) or ``"l0-admm"`` (ℓ0-constrained ADMM on the pattern
+            itself, :mod:`fistaopt.layer.l0_admm`; the ℓ1 solver is not used).
+        rounds: rounds (solve → round → refit), each from the best point so far; None
+            (default): :func:`auto_rounds` for the pattern and ``round_kind`` (ℓ1: 1 for
+            unstructured patterns up to 50% sparsity, 2 otherwise; ℓ0-ADMM: 1).
         round_iter: solver iterations per round.
         quantiles: per round, the quantile of the pruned-entry gradient that sets λ_i.
         refit_iter: conjugate-gradient iterations per refit (10: the layer errors of 25 or 50
@@ -58,6 +63,9 @@ class LayerOptions:
         penalty: ``"l1"`` (plain ``λ‖W‖₁``) or ``"scaled"`` (``λ Σ_j ‖X*_j‖ |W_ij|``).
         lam_rule: ``"quantile"`` or ``"xi"`` (the paper's rounding-error criterion).
         xi, xi_grid: the ``xi`` rule's target ratio and candidate quantiles.
+        l0_rho, l0_max_iter, l0_min_iter, l0_update_every: the ℓ0-ADMM round's first ρ (scaled
+            coordinates, unit diagonal), iteration bounds and iterations between ρ updates
+            (:func:`fistaopt.layer.l0_admm.l0_admm`).
         precision: the products of the ℓ1 solver's iterations (its ``precision`` option,
             so it is not a solver option here): ``"fp32"`` (IEEE, of the problem's dtype),
             ``"tf32"`` (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or
@@ -69,6 +77,7 @@ class LayerOptions:
     """
 
     refit: bool = True
+    round_kind: str = "l1"
     rounds: int | None = None
     round_iter: int = 15
     quantiles: tuple[float, ...] = (0.9, 0.6)
@@ -80,6 +89,10 @@ class LayerOptions:
     lam_rule: str = "quantile"
     xi: float = 0.3
     xi_grid: tuple[float, ...] = (0.5, 0.7, 0.85, 0.95)
+    l0_rho: float = 0.1
+    l0_max_iter: int = 300
+    l0_min_iter: int = 30
+    l0_update_every: int = 3
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -87,7 +100,14 @@ class LayerOptions:
         object.__setattr__(self, "xi_grid", tuple(float(q) for q in self.xi_grid))
         if not isinstance(self.refit, bool):
             raise ValueError(f"refit must be True or False, got {self.refit!r}")
-        for name in ("rounds", "round_iter", "refit_iter", "start_refit_iter", "search_steps", "search_iter"):
+        if self.round_kind not in ROUND_KINDS:
+            raise ValueError(f"round_kind must be one of {', '.join(ROUND_KINDS)}; got {self.round_kind!r}")
+        if not (isinstance(self.l0_rho, (int, float)) and not isinstance(self.l0_rho, bool) and self.l0_rho > 0):
+            raise ValueError(f"l0_rho must be a number > 0, got {self.l0_rho!r}")
+        if not _is_int(self.l0_update_every) or self.l0_update_every < 1:
+            raise ValueError(f"l0_update_every must be an int >= 1, got {self.l0_update_every!r}")
+        for name in ("rounds", "round_iter", "refit_iter", "start_refit_iter", "search_steps", "search_iter",
+                     "l0_max_iter", "l0_min_iter"):
             value = getattr(self, name)
             if name == "rounds" and value is None:
                 continue
@@ -107,8 +127,10 @@ class LayerOptions:
             raise ValueError(f"xi_grid and quantiles must hold values in [0, 1], got {self.xi_grid}, {self.quantiles}")
 
     def rounds_for(self, pattern: "Pattern") -> int:
-        """The ℓ1 rounds for ``pattern``: :attr:`rounds`, or :func:`auto_rounds` when None."""
-        return auto_rounds(pattern) if self.rounds is None else self.rounds
+        """The rounds for ``pattern``: :attr:`rounds`, or :func:`auto_rounds` when None."""
+        if self.rounds is not None:
+            return self.rounds
+        return 1 if self.round_kind == "l0-admm" else auto_rounds(pattern)
 
     @classmethod
     def names(cls) -> list[str]:

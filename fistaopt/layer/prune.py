@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from fistaopt.layer.l0_admm import l0_admm
 from fistaopt.layer.lam import quantile_round, rounding_scores, search_lam, xi_round
 from fistaopt.layer.options import LayerOptions, check_solver_options, resolve_precision
 from fistaopt.layer.refit import refit
@@ -171,8 +172,16 @@ class _LayerPrune:
         self.improved = torch.zeros(work.d_out, dtype=torch.bool, device=work.device)
 
     def round(self, r: int) -> None:
-        """ℓ1 round ``r``: a candidate per row; each row keeps the better of it and its best."""
+        """Round ``r``: a candidate per row; each row keeps the better of it and its best."""
         o = self.options
+        if o.round_kind == "l0-admm":
+            res = l0_admm(self.plain, self.best, self.pat, rho=o.l0_rho, max_iter=o.l0_max_iter,
+                          min_iter=o.l0_min_iter, update_every=o.l0_update_every)
+            self.n_iter += res.iterations
+            self.info.setdefault("l0_admm", []).append({"iterations": res.iterations, "rho": res.rho,
+                                                        "support_change": res.support_change})
+            self.keep(r, res.W, self.on_pattern(res.W, res.mask), torch.zeros_like(self.lam))
+            return
         if o.lam_rule == "xi":
             lam_r, W_r, it = xi_round(self.work, self.plain, self.best, self.pat, self.solver, o.round_iter,
                                       o.xi, o.xi_grid, self.solver_options, neg_grad=self.best_neg_grad)
@@ -180,7 +189,10 @@ class _LayerPrune:
             lam_r, W_r, it = quantile_round(self.work, self.best, o.quantiles[r % len(o.quantiles)], self.solver,
                                             o.round_iter, self.solver_options, neg_grad=self.best_neg_grad)
         self.n_iter += it
-        cand = self.round_and_refit(W_r)
+        self.keep(r, W_r, self.round_and_refit(W_r), lam_r)
+
+    def keep(self, r: int, W_r: torch.Tensor, cand: Candidate, lam_r: torch.Tensor) -> None:
+        """Each row keeps the better of ``cand`` (round ``r``'s, from the solution ``W_r``) and its best."""
         better = cand.obj < self.best_obj
         if self.pat.scope == "layer":  # rows share one budget: candidates compete as a whole
             better = torch.full_like(better, bool(cand.obj.sum() < self.best_obj.sum()))

@@ -1,0 +1,106 @@
+"""The ℓ0-constrained ADMM round (fistaopt.layer.l0_admm) and prune_layer(round_kind="l0-admm")."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import fistaopt as fo
+from fistaopt.layer import LayerOptions, prune_layer, refit_mask
+from fistaopt.layer.l0_admm import l0_admm, scaled_eigh
+from fistaopt.sparsity import parse_pattern, project, satisfies
+from tests.test_layer import error, layer_problem
+
+PATTERNS = [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None), ("unstructured-layer", 0.5)]
+
+
+def planted(d_out=12, d_in=32, pattern="2:4", sparsity=None, seed=0):
+    """A noise-free layer problem whose dense weight is on the pattern: the optimum is W₀, error 0."""
+    gen = torch.Generator().manual_seed(seed)
+    pat = parse_pattern(pattern, sparsity)
+    W = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64)
+    W0 = W * project(torch.rand(d_out, d_in, generator=gen, dtype=torch.float64), pat)
+    X = torch.randn(8 * d_in, d_in, generator=gen, dtype=torch.float64) * (1 + 3 * torch.rand(d_in, generator=gen))
+    return fo.LassoProblem.from_layer(W0, X), W0, pat
+
+
+@pytest.mark.parametrize("pattern,sparsity", PATTERNS)
+def test_recovers_a_planted_support_from_a_wrong_start(pattern, sparsity):
+    """From the magnitude pruning of a perturbed weight (a wrong support), ADMM finds W₀'s support."""
+    prob, W0, pat = planted(pattern=pattern, sparsity=sparsity)
+    noisy = W0 + 0.5 * torch.randn(W0.shape, generator=torch.Generator().manual_seed(9), dtype=W0.dtype)
+    start = noisy * project(noisy.abs(), pat)
+    assert not torch.equal(start != 0, W0 != 0)
+    res = l0_admm(prob, start, pat)
+    assert satisfies(res.W, pat) and satisfies(res.mask, pat)
+    assert ((res.W != 0) <= res.mask).all()
+    assert torch.equal(res.mask, W0 != 0)
+    assert torch.allclose(res.W, W0, atol=1e-3)
+    assert res.iterations >= 30 and res.rho > 0.1
+
+
+def test_no_worse_than_the_best_support_by_enumeration_on_most_rows():
+    """d_in = 8, 4 kept per row: every support enumerated; ADMM + refit lands on the optimum on most rows."""
+    prob, W0, X = layer_problem(d_out=20, d_in=8, seed=5)
+    pat = parse_pattern("unstructured", 0.5)
+    plain = prob.with_lam(0.0)
+    best = torch.full((20,), float("inf"), dtype=torch.float64)
+    for support in itertools.combinations(range(8), 4):
+        mask = torch.zeros(20, 8, dtype=torch.bool)
+        mask[:, list(support)] = True
+        W = refit_mask(plain, mask, torch.zeros_like(W0), max_iter=50)
+        best = torch.minimum(best, plain.objective(W, per_row=True))
+    start = W0 * project(W0.abs(), pat)
+    res = l0_admm(plain, start, pat)
+    found = plain.objective(refit_mask(plain, res.mask, res.W, max_iter=50), per_row=True)
+    assert (found >= best - 1e-9 * best.abs().clamp_min(1)).all()  # the enumeration is the optimum
+    magnitude = plain.objective(refit_mask(plain, start != 0, start, max_iter=50), per_row=True)
+    optimal = found <= best + 1e-9 * best.abs().clamp_min(1)
+    assert int(optimal.sum()) >= 16 > int((magnitude <= best + 1e-9 * best.abs().clamp_min(1)).sum())
+
+
+def test_scaled_eigh_reuses_an_equal_H_only():
+    prob, _, _ = layer_problem(8, 16, seed=1)
+    H = prob.H
+    s, lam, Q = scaled_eigh(H)
+    torch.testing.assert_close((Q * lam) @ Q.T, H / s[:, None] / s[None, :])
+    again = scaled_eigh(H.clone())
+    assert again[2] is Q  # equal H: the kept decomposition
+    other = H.clone()
+    other[0, 0] += 1.0
+    s2, lam2, Q2 = scaled_eigh(other)
+    assert Q2 is not Q and s2[0] > s[0]
+    torch.testing.assert_close((Q2 * lam2) @ Q2.T, other / s2[:, None] / s2[None, :])
+
+
+@pytest.mark.parametrize("pattern,sparsity", PATTERNS)
+def test_prune_layer_l0_round_exact_pattern_never_worse_than_its_start(pattern, sparsity):
+    prob, W0, X = layer_problem()
+    pat = parse_pattern(pattern, sparsity)
+    wanda = W0 * project(W0.abs() * X.norm(dim=0), pat)
+    res = prune_layer(prob, pat, warm_start=wanda, round_kind="l0-admm")
+    assert satisfies(res.W, pat) and satisfies(res.mask, pat)
+    if pat.scope != "layer":
+        assert (res.mask.sum(1) == pat.keep_per_row(W0.shape[1])).all()
+    assert res.rel_error <= res.info["start_error"] + 1e-12
+    assert len(res.info["l0_admm"]) == 1 and res.n_iter == res.info["l0_admm"][0]["iterations"]
+    l1 = prune_layer(prob, pat, warm_start=wanda)
+    assert error(W0, X, res.W) <= error(W0, X, wanda)
+    assert res.chosen > 0 and l1.chosen >= 0  # the round replaced the start on some rows
+
+
+def test_l0_round_options_rounds_and_errors():
+    prob, W0, X = layer_problem(8, 16)
+    pat = parse_pattern("unstructured", 0.7)
+    assert LayerOptions(round_kind="l0-admm").rounds_for(pat) == 1
+    assert LayerOptions().rounds_for(pat) == 2
+    two = prune_layer(prob, pat, round_kind="l0-admm", rounds=2, l0_update_every=1, l0_min_iter=5)
+    assert len(two.info["l0_admm"]) == 2
+    for kwargs, match in [(dict(round_kind="l0"), "round_kind must be one of l1, l0-admm"),
+                          (dict(round_kind="l0-admm", l0_rho=0), "l0_rho must be a number > 0"),
+                          (dict(l0_update_every=0), "l0_update_every must be an int >= 1"),
+                          (dict(l0_max_iter=-1), "l0_max_iter must be an int >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            prune_layer(prob, pat, **kwargs)
