@@ -59,6 +59,7 @@ def _one_line_error(capsys, rc, pattern):
         (["prune", "--out", "x", "--warm-start", "obs"], "invalid choice"),
         (["prune", "--out", "x", "--save-dtype", "int8"], "argument --save-dtype: invalid choice: 'int8'"),
         (["prune", "--out", "x", "--precision", "half"], "argument --precision: invalid choice: 'half'"),
+        (["prune", "--out", "x", "--round-kind", "l0"], "argument --round-kind: invalid choice: 'l0'"),
         (["prune", "--out", "x", "--blocks", "a-b"], "expected block indices"),
         (["prune", "--out", "x", "--cache-gib", "-1"], "--cache-gib must be >= 0"),
         (["prune", "--out", "x", "--tune-epochs", "-1"], "argument --tune-epochs"),
@@ -172,6 +173,22 @@ def test_prune_precision_reaches_the_report(tiny_folder, tmp_path, capsys):
     low = json.loads((tmp_path / "bf16" / "report.json").read_text())["settings"]["layer"]
     assert default["precision"] == "auto" and default["precision_used"] == resolve_precision("auto", "cpu", torch.float32)
     assert low["precision"] == low["precision_used"] == "bf16"
+
+
+def test_prune_round_kind_reaches_the_layer_prune(tiny_folder, tmp_path, capsys):
+    """``--round-kind l0-admm`` runs the l0-ADMM round (other weights than the l1 rounds'), recorded in the report."""
+    from safetensors.torch import load_file
+
+    calib = write_text(tmp_path / "calib.txt")
+    base = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--blocks", "0",
+            "--calib", str(calib), "--eval-tokens", "0", "--no-progress"]
+    assert main([*base, "--round-kind", "l1", "--out", str(tmp_path / "l1")]) == 0
+    assert main([*base, "--round-kind", "l0-admm", "--out", str(tmp_path / "l0")]) == 0
+    settings = {k: json.loads((tmp_path / k / "report.json").read_text())["settings"]["layer"] for k in ("l1", "l0")}
+    assert settings["l1"]["round_kind"] == "l1" and settings["l0"]["round_kind"] == "l0-admm"
+    w = {k: load_file(str(tmp_path / k / "model.safetensors")) for k in ("l1", "l0")}
+    block0 = [n for n in w["l1"] if ".layers.0." in n and n.endswith("proj.weight")]
+    assert block0 and any(not torch.equal(w["l1"][n], w["l0"][n]) for n in block0)
 
 
 def test_prune_tune_epochs_reach_the_report(tiny_folder, tmp_path, capsys):

@@ -37,7 +37,7 @@ EPILOG = """examples:
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from fistaopt.layer.options import LAYER_PRECISIONS
+    from fistaopt.layer.options import LAYER_PRECISIONS, ROUND_KINDS
     from fistaopt.llm.config import ALLOCATION_CHOICES, TUNE_TARGETS, WARM_STARTS, PruneConfig
     from fistaopt.llm.loading import SAVE_DTYPES
     from fistaopt.llm.methods import available_methods
@@ -65,6 +65,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="products of the l1 solver's iterations (solver methods): auto (default) = bf16 where the "
                         "device multiplies bfloat16 natively (CUDA sm80+, CPUs with AVX512-BF16/AMX), else IEEE fp32; "
                         "fp32, tf32 (CUDA) or bf16; the refits run IEEE either way")
+    p.add_argument("--round-kind", choices=ROUND_KINDS, default=d.layer.round_kind,
+                   help=f"what the rounds of a solver method solve (default {d.layer.round_kind}): l1 = the l1 "
+                        "solver from a per-row lambda, rounded to the pattern; l0-admm = l0-constrained ADMM on the "
+                        "pattern itself (the l1 solver then only runs without a warm start)")
     p.add_argument("--allocation", choices=ALLOCATION_CHOICES, default=d.allocation,
                    help="sparsity per operator (unstructured only): uniform, owl (per block, from outlier ratios) or "
                         "convex (per operator, one shared λ of the ℓ1 problems); the total is the uniform one exactly; "
@@ -156,7 +160,7 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_windows=args.tune_windows,
                              tune_target=args.tune_target, tune_skip_groups=args.tune_skip_groups,
                              tune_blocks=args.tune_blocks,
-                             layer=LayerOptions(precision=args.precision))
+                             layer=LayerOptions(precision=args.precision, round_kind=args.round_kind))
     except ValueError as e:
         raise UsageError(str(e)) from None
     eval_seqlen = args.eval_seqlen or args.seqlen
