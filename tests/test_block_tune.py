@@ -279,7 +279,9 @@ def test_only_the_named_blocks_are_tuned(arch):
     """``tune_blocks=(1,)``: block 0 is the untuned prune's, bit for bit; block 1 is tuned
     (its record is the report's only one) and keeps the exact pattern."""
     ids = calib(nsamples=4, seqlen=16)
-    kw = dict(method="fista", sparsity=0.5, progress=False)
+    # the l1 rounds' prune, which these settings' tuning improves on the tiny models (from the
+    # l0-ADMM rounds' it found no lower error on llama and gpt2 and kept the weights it was given)
+    kw = dict(method="fista", sparsity=0.5, progress=False, round_kind="l1")
     untuned, tuned = tiny_model(arch), tiny_model(arch)
     prune(untuned, ids, **kw)
     report = prune(tuned, ids, tune_epochs=3, tune_lr=3e-4, tune_blocks=(1,), **kw)

@@ -41,9 +41,13 @@ def test_recovers_a_planted_support_from_a_wrong_start(pattern, sparsity):
     assert res.iterations >= 30 and res.rho > 0.1
 
 
-def test_no_worse_than_the_best_support_by_enumeration_on_most_rows():
-    """d_in = 8, 4 kept per row: every support enumerated; ADMM + refit lands on the optimum on most rows."""
-    prob, W0, X = layer_problem(d_out=20, d_in=8, seed=5)
+@pytest.mark.parametrize("seed", [5, 6, 7])
+@pytest.mark.parametrize("cadence", [dict(), dict(update_every=1, min_iter=6)], ids=["alps", "layer-default"])
+def test_the_optimum_by_enumeration_on_three_quarters_of_the_rows(seed, cadence):
+    """d_in = 8, 4 kept per row: every support enumerated.  ADMM + refit never beats the
+    enumeration (it is the optimum) and lands on it on at least 15 of 20 rows (measured: 15–20
+    over these seeds and both cadences), where magnitude pruning + refit does on at most 5 (1–4)."""
+    prob, W0, X = layer_problem(d_out=20, d_in=8, seed=seed)
     pat = parse_pattern("unstructured", 0.5)
     plain = prob.with_lam(0.0)
     best = torch.full((20,), float("inf"), dtype=torch.float64)
@@ -52,13 +56,27 @@ def test_no_worse_than_the_best_support_by_enumeration_on_most_rows():
         mask[:, list(support)] = True
         W = refit_mask(plain, mask, torch.zeros_like(W0), max_iter=50)
         best = torch.minimum(best, plain.objective(W, per_row=True))
+    tol = 1e-9 * best.abs().clamp_min(1)
     start = W0 * project(W0.abs(), pat)
-    res = l0_admm(plain, start, pat)
+    res = l0_admm(plain, start, pat, **cadence)
     found = plain.objective(refit_mask(plain, res.mask, res.W, max_iter=50), per_row=True)
-    assert (found >= best - 1e-9 * best.abs().clamp_min(1)).all()  # the enumeration is the optimum
+    assert (found >= best - tol).all()
     magnitude = plain.objective(refit_mask(plain, start != 0, start, max_iter=50), per_row=True)
-    optimal = found <= best + 1e-9 * best.abs().clamp_min(1)
-    assert int(optimal.sum()) >= 16 > int((magnitude <= best + 1e-9 * best.abs().clamp_min(1)).sum())
+    assert int((found <= best + tol).sum()) >= 15 and int((magnitude <= best + tol).sum()) <= 5
+
+
+def test_rows_do_not_depend_on_the_other_rows():
+    """Row-local patterns: ρ and the stop are per row, so pruning a slice of the rows gives those
+    rows' weights of the whole (what ranks that split the rows rely on)."""
+    prob, W0, X = layer_problem(d_out=24, d_in=32, seed=2)
+    for pattern, sparsity in PATTERNS[:3]:
+        pat = parse_pattern(pattern, sparsity)
+        start = W0 * project(W0.abs(), pat)
+        whole = l0_admm(prob, start, pat, update_every=1, min_iter=6)
+        part = l0_admm(fo.LassoProblem(prob.H, prob.G[5:17], prob.c[5:17]), start[5:17], pat,
+                       update_every=1, min_iter=6)
+        assert torch.equal(part.mask, whole.mask[5:17])
+        torch.testing.assert_close(part.W, whole.W[5:17], rtol=1e-9, atol=1e-12)
 
 
 def test_scaled_eigh_reuses_an_equal_H_only():
@@ -86,7 +104,8 @@ def test_prune_layer_l0_round_exact_pattern_never_worse_than_its_start(pattern, 
         assert (res.mask.sum(1) == pat.keep_per_row(W0.shape[1])).all()
     assert res.rel_error <= res.info["start_error"] + 1e-12
     assert len(res.info["l0_admm"]) == 1 and res.n_iter == res.info["l0_admm"][0]["iterations"]
-    l1 = prune_layer(prob, pat, warm_start=wanda)
+    l1 = prune_layer(prob, pat, warm_start=wanda, round_kind="l1")
+    assert "l0_admm" not in l1.info
     assert error(W0, X, res.W) <= error(W0, X, wanda)
     assert res.chosen > 0 and l1.chosen >= 0  # the round replaced the start on some rows
 
@@ -94,8 +113,8 @@ def test_prune_layer_l0_round_exact_pattern_never_worse_than_its_start(pattern, 
 def test_l0_round_options_rounds_and_errors():
     prob, W0, X = layer_problem(8, 16)
     pat = parse_pattern("unstructured", 0.7)
-    assert LayerOptions(round_kind="l0-admm").rounds_for(pat) == 1
-    assert LayerOptions().rounds_for(pat) == 2
+    assert LayerOptions().round_kind == "l0-admm" and LayerOptions().rounds_for(pat) == 1
+    assert LayerOptions(round_kind="l1").rounds_for(pat) == 2
     two = prune_layer(prob, pat, round_kind="l0-admm", rounds=2, l0_update_every=1, l0_min_iter=5)
     assert len(two.info["l0_admm"]) == 2
     for kwargs, match in [(dict(round_kind="l0"), "round_kind must be one of l1, l0-admm"),

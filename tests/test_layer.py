@@ -232,18 +232,19 @@ def test_auto_rounds_by_pattern_and_explicit_rounds_win():
     assert auto_rounds(parse_pattern("unstructured", 0.7)) == 2
     assert auto_rounds(parse_pattern("2:4")) == 2
     assert LayerOptions(rounds=3).rounds_for(parse_pattern("unstructured", 0.5)) == 3
-    # the report's settings hold the rounds used, not None
-    assert PruneConfig.build(None, pattern="2:4").settings()["layer"]["rounds"] == 2
+    # the report's settings hold the rounds used, not None: one ℓ0-ADMM round by default, auto_rounds for ℓ1
+    assert PruneConfig.build(None, pattern="2:4").settings()["layer"]["rounds"] == 1
+    assert PruneConfig.build(None, pattern="2:4", round_kind="l1").settings()["layer"]["rounds"] == 2
     assert PruneConfig.build(None, sparsity=0.5, rounds=0).settings()["layer"]["rounds"] == 0
 
 
-def test_default_rounds_run_once_at_half_sparsity_twice_above():
+def test_default_l1_rounds_run_once_at_half_sparsity_twice_above():
     prob, _, _ = layer_problem(24, 48, seed=3)
-    half = prune_layer(prob, "unstructured", sparsity=0.5, round_iter=5)
-    one = prune_layer(prob, "unstructured", sparsity=0.5, round_iter=5, rounds=1)
+    half = prune_layer(prob, "unstructured", sparsity=0.5, round_iter=5, round_kind="l1")
+    one = prune_layer(prob, "unstructured", sparsity=0.5, round_iter=5, rounds=1, round_kind="l1")
     assert torch.equal(half.W, one.W) and half.n_iter == one.n_iter
-    high = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5)
-    two = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5, rounds=2)
+    high = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5, round_kind="l1")
+    two = prune_layer(prob, "unstructured", sparsity=0.7, round_iter=5, rounds=2, round_kind="l1")
     assert torch.equal(high.W, two.W) and high.n_iter == two.n_iter
 
 
@@ -349,7 +350,7 @@ def test_bf16_search_refits_in_ieee(monkeypatch):
 
     monkeypatch.setattr(prune_module, "refit", spy)
     prob, _, _ = layer_problem(32, 64, seed=4)
-    res = prune_layer(prob.to(dtype=torch.float32), "unstructured", sparsity=0.7, precision="bf16")
+    res = prune_layer(prob.to(dtype=torch.float32), "unstructured", sparsity=0.7, precision="bf16", round_kind="l1")
     assert res.info["precision"] == "bf16" and seen == ["fp32"] * 3
 
 

@@ -254,7 +254,7 @@ def test_tol_given_to_prune_is_refused_not_ignored():
     for key, value in (("tol", 1e-8), ("max_iter", 10)):
         with pytest.raises(ValueError, match=f"{key}: set by the layer prune itself"):
             prune(model, calib(2, 8), method="fista", progress=False, **{key: value})
-    with pytest.raises(ValueError, match="valid layer options: refit, rounds"):
+    with pytest.raises(ValueError, match="valid layer options: refit, round_kind, rounds"):
         prune(model, calib(2, 8), method="fista", progress=False, roundz=3)
     with pytest.raises(ValueError, match="unknown option"):
         prune(model, calib(2, 8), method="wanda", progress=False, rounds=3, precondition=False)

@@ -17,9 +17,12 @@ Each iteration costs two products ``(d_out, d_in) × (d_in, d_in)`` and one proj
 ``ρ`` starts small (``V`` near the least-squares weight, ``D`` its projection) and grows
 after every ``update_every`` iterations by a factor set by how much of the support moved
 (ALPS's rule: ×1.3 when at least 10% of the kept entries changed, ×1.2 above 0.5%, ×1.1
-while any did), pulling ``V`` onto the pattern; the loop stops once at least ``min_iter``
-iterations ran and less than ``stop_change`` of the kept entries moved in the last update,
-or after ``max_iter``.  The problem is non-convex: the result is a candidate, which the layer
+while any did), pulling ``V`` onto the pattern; a row stops (its ``D`` kept) once at least
+``min_iter`` iterations ran and less than ``stop_change`` of its kept entries moved in the
+last update, and the loop once every row stopped or after ``max_iter``.  For row-local
+patterns (per row, N:M) ρ, its updates and the stop are per row, so a row's result does not
+depend on the others (ranks that split the rows prune as one process); the layer-scope
+pattern, whose projection couples the rows, shares one ρ.  The problem is non-convex: the result is a candidate, which the layer
 prune refits on its support and keeps per row only where it beats the others
 (:mod:`fistaopt.layer.prune`).
 """
@@ -45,8 +48,8 @@ class L0Admm:
         W: weights on the pattern ``(d_out, d_in)`` (the projection ``D``, unscaled).
         mask: bool ``(d_out, d_in)``, its support (True = kept).
         iterations: ADMM iterations run.
-        rho: the final ρ (in the scaled coordinates, where ``H̃`` has a unit diagonal).
-        support_change: fraction of the kept entries that moved in the last ρ update.
+        rho: the largest final ρ of a row (scaled coordinates, where ``H̃`` has a unit diagonal).
+        support_change: the largest fraction of a row's kept entries that moved in its last update.
     """
 
     W: torch.Tensor
@@ -88,6 +91,9 @@ def l0_admm(
 ) -> L0Admm:
     """ℓ0-constrained ADMM on ``problem``'s quadratic (its ``lam`` ignored), from ``start``.
 
+    The defaults are ALPS's cadence (ρ updated every 3 iterations, at least 30); the layer
+    prune passes its own (:class:`~fistaopt.layer.LayerOptions`: every iteration, at least 6).
+
     Args:
         problem: the layer problem (``H``, ``G``; damping already in it).
         start: ``(d_out, d_in)`` weights on the pattern: ``D`` at the start (``U = 0``).
@@ -105,23 +111,37 @@ def l0_admm(
     D = start * s[None, :]
     U = torch.zeros_like(D)
     mask = D != 0
-    kept = max(float(mask.sum()), 1.0)
-    checked, change, t = mask, 0.0, 0
+    d_out = D.shape[0]
+    # ρ, its updates and the stop are per row for row-local patterns (so a row's result does not
+    # depend on the other rows: ranks that split the rows prune as one process), shared by all
+    # rows for the layer-scope pattern, whose projection couples them
+    coupled = pattern.scope == "layer"
+    rho_t = torch.full((d_out, 1), float(rho), dtype=dtype, device=D.device)
+    kept = mask.sum(1).to(dtype).clamp_min(1.0)
+    active = torch.ones(d_out, dtype=torch.bool, device=D.device)
+    checked, change, t = mask, torch.zeros(d_out, dtype=dtype, device=D.device), 0
     for t in range(1, max_iter + 1):
-        V = ((G_Q + rho * ((D - U) @ Q)) / (lam + rho)[None, :]) @ Q.T
-        Z = V + U
-        mask = project(Z.abs(), pattern)
-        D = Z * mask
-        U = Z - D  # = U + V − D
+        rows = None if bool(active.all()) else active.nonzero().squeeze(1)
+        Dr, Ur, Gr, rr = (D, U, G_Q, rho_t) if rows is None else (D[rows], U[rows], G_Q[rows], rho_t[rows])
+        V = ((Gr + rr * ((Dr - Ur) @ Q)) / (lam[None, :] + rr)) @ Q.T
+        Z = V + Ur
+        mask_r = project(Z.abs(), pattern)
+        if rows is None:
+            mask, D = mask_r, Z * mask_r
+            U = Z - D  # = U + V − D
+        else:
+            mask[rows], D[rows] = mask_r, Z * mask_r
+            U[rows] = Z - D[rows]
         if t % update_every == 0:
-            change = float((mask ^ checked).sum()) / kept
-            checked = mask
-            if change >= 0.1:
-                rho *= 1.3
-            elif change >= 0.005:
-                rho *= 1.2
-            elif change > 0:
-                rho *= 1.1
-            if t >= min_iter and change < stop_change:
-                break
-    return L0Admm(W=D / s[None, :], mask=mask, iterations=t, rho=rho, support_change=change)
+            moved = (mask ^ checked).sum(1).to(dtype)
+            change = (moved.sum() / kept.sum()).expand(d_out) if coupled else moved / kept
+            checked = mask.clone()
+            factor = torch.where(change >= 0.1, 1.3, torch.where(change >= 0.005, 1.2,
+                                                                 torch.where(change > 0, 1.1, 1.0)))
+            rho_t = torch.where(active[:, None], rho_t * factor[:, None].to(dtype), rho_t)
+            if t >= min_iter:
+                active &= change >= stop_change
+                if not bool(active.any()):
+                    break
+    return L0Admm(W=D / s[None, :], mask=mask, iterations=t, rho=float(rho_t.max()),
+                  support_change=float(change.max()))
