@@ -9,7 +9,7 @@ import torch
 
 import fistaopt as fo
 from fistaopt.layer import LayerOptions, prune_layer, refit_mask
-from fistaopt.layer.l0_admm import l0_admm, scaled_eigh
+from fistaopt.layer.l0_admm import l0_admm, scaled_eigh, shared_eigh
 from fistaopt.sparsity import parse_pattern, project, satisfies
 from tests.test_layer import error, layer_problem
 
@@ -79,18 +79,37 @@ def test_rows_do_not_depend_on_the_other_rows():
         torch.testing.assert_close(part.W, whole.W[5:17], rtol=1e-9, atol=1e-12)
 
 
-def test_scaled_eigh_reuses_an_equal_H_only():
+def test_scaled_eigh_reuses_an_equal_H_inside_shared_eigh_only():
+    from fistaopt.layer import l0_admm as module
+
     prob, _, _ = layer_problem(8, 16, seed=1)
     H = prob.H
     s, lam, Q = scaled_eigh(H)
     torch.testing.assert_close((Q * lam) @ Q.T, H / s[:, None] / s[None, :])
-    again = scaled_eigh(H.clone())
-    assert again[2] is Q  # equal H: the kept decomposition
-    other = H.clone()
-    other[0, 0] += 1.0
-    s2, lam2, Q2 = scaled_eigh(other)
-    assert Q2 is not Q and s2[0] > s[0]
-    torch.testing.assert_close((Q2 * lam2) @ Q2.T, other / s2[:, None] / s2[None, :])
+    assert scaled_eigh(H)[2] is not Q  # outside shared_eigh: nothing kept
+    with shared_eigh():
+        s, lam, Q = scaled_eigh(H)
+        assert scaled_eigh(H.clone())[2] is Q  # equal H: the kept decomposition
+        other = H.clone()
+        other[0, 0] += 1.0
+        s2, lam2, Q2 = scaled_eigh(other)
+        assert Q2 is not Q and s2[0] > s[0]
+        torch.testing.assert_close((Q2 * lam2) @ Q2.T, other / s2[:, None] / s2[None, :])
+    assert module._local.last is None  # dropped on leaving
+
+
+def test_a_model_prune_decomposes_once_per_operator_group(monkeypatch):
+    """q, k, v (and gate, up) read one input: one eigendecomposition each group, 4 per llama block."""
+    from fistaopt.llm import prune
+    from tests.llm_fixtures import calib, tiny_model
+
+    calls = []
+    real = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda A: calls.append(A.shape) or real(A))
+    model = tiny_model("llama")
+    prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, blocks=[0], progress=False,
+          residual_correction=False)
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("pattern,sparsity", PATTERNS)

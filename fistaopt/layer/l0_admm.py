@@ -22,15 +22,18 @@ while any did), pulling ``V`` onto the pattern; a row stops (its ``D`` kept) onc
 last update, and the loop once every row stopped or after ``max_iter``.  For row-local
 patterns (per row, N:M) ρ, its updates and the stop are per row, so a row's result does not
 depend on the others (ranks that split the rows prune as one process); the layer-scope
-pattern, whose projection couples the rows, shares one ρ.  The problem is non-convex: the result is a candidate, which the layer
-prune refits on its support and keeps per row only where it beats the others
-(:mod:`fistaopt.layer.prune`).
+pattern, whose projection couples the rows, shares one ρ.
+
+The problem is non-convex: the result is a candidate, which the layer prune refits on its
+support and keeps per row only where it beats the others (:mod:`fistaopt.layer.prune`).
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -59,14 +62,31 @@ class L0Admm:
     support_change: float
 
 
+@contextmanager
+def shared_eigh() -> Iterator[None]:
+    """Within: :func:`scaled_eigh` keeps its last decomposition and reuses it for an equal ``H``.
+
+    The operators that read one input (LLaMA's q, k, v; gate and up) have the same ``H``: the
+    model prune enters this once per operator group (``fistaopt/llm/block.py``).  One entry per
+    thread, dropped on leaving, so no ``H``-sized matrix outlives the group.
+    """
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+        if _local.depth == 0:
+            _local.last = None
+
+
 def scaled_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(s, Λ, Q)``: the column scale ``s = √diag(H)`` and ``S⁻¹HS⁻¹ = Q diag(Λ) Qᵀ`` (``Λ ≥ 0``).
 
-    The operators that read one input (LLaMA's q, k, v; gate and up) have the same ``H``:
-    the last decomposition is kept per thread and reused when ``H`` is equal to its input
-    (an exact comparison; one entry, so the memory held is one ``H`` and one ``Q``).
+    Inside :func:`shared_eigh` the last decomposition is reused when ``H`` is equal to its
+    input (an exact comparison).
     """
-    last = getattr(_local, "last", None)
+    sharing = getattr(_local, "depth", 0) > 0
+    last = getattr(_local, "last", None) if sharing else None
     if last is not None and last[0].shape == H.shape and last[0].dtype == H.dtype \
             and last[0].device == H.device and torch.equal(last[0], H):
         return last[1], last[2], last[3]
@@ -74,7 +94,8 @@ def scaled_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     s = torch.where(s > 0, s, torch.ones_like(s))
     lam, Q = torch.linalg.eigh(H / s[:, None] / s[None, :])
     lam = lam.clamp_min(0)
-    _local.last = (H.clone(), s, lam, Q)
+    if sharing:
+        _local.last = (H.clone(), s, lam, Q)
     return s, lam, Q
 
 

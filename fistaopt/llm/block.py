@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from fistaopt.layer.l0_admm import shared_eigh
 from fistaopt.llm.block_tune import TuneRecord, tune_block
 from fistaopt.llm.capture import BlockCall, to_device
 from fistaopt.llm.config import PruneConfig
@@ -142,21 +143,22 @@ def _save_problem(stats: Any, W0: torch.Tensor, index: int, name: str, shape: An
 def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,
                  on_operator: Callable[[OperatorRecord], None], comm: Communicator,
                  sparsities: Mapping[str, float] | None = None) -> None:
-    for k, op in enumerate(group.operators):
-        W0 = op.get_weight().to(acc.H.device)
-        stats = acc.for_operator(k)
-        if config.save_problems and comm.is_main:
-            _save_problem(stats, W0, index, op.name, op.shape, config)
-        op_config = config if sparsities is None else config.for_operator(sparsities[op.name])
-        t0 = time.perf_counter()
-        pruned = prune_weight_sharded(comm, W0, stats, op_config)
-        seconds = time.perf_counter() - t0
-        op.set_weight(pruned.W)
-        n_zero = int((op.get_weight() == 0).sum())
-        record = OperatorRecord(
-            block=index, name=op.name, shape=op.shape, method=config.method, sparsity=n_zero / W0.numel(),
-            rel_error=pruned.rel_error, rel_error_before_rounding=pruned.rel_error_before_rounding, lam=pruned.lam,
-            n_iter=pruned.n_iter, seconds=seconds, group=group_index,
-        )
-        logger.debug("block %d %s: rel. error %.4g", index, op.name, pruned.rel_error)
-        on_operator(record)
+    with shared_eigh():  # the group's operators read one input: one eigendecomposition for the ℓ0-ADMM rounds
+        for k, op in enumerate(group.operators):
+            W0 = op.get_weight().to(acc.H.device)
+            stats = acc.for_operator(k)
+            if config.save_problems and comm.is_main:
+                _save_problem(stats, W0, index, op.name, op.shape, config)
+            op_config = config if sparsities is None else config.for_operator(sparsities[op.name])
+            t0 = time.perf_counter()
+            pruned = prune_weight_sharded(comm, W0, stats, op_config)
+            seconds = time.perf_counter() - t0
+            op.set_weight(pruned.W)
+            n_zero = int((op.get_weight() == 0).sum())
+            record = OperatorRecord(
+                block=index, name=op.name, shape=op.shape, method=config.method, sparsity=n_zero / W0.numel(),
+                rel_error=pruned.rel_error, rel_error_before_rounding=pruned.rel_error_before_rounding, lam=pruned.lam,
+                n_iter=pruned.n_iter, seconds=seconds, group=group_index,
+            )
+            logger.debug("block %d %s: rel. error %.4g", index, op.name, pruned.rel_error)
+            on_operator(record)
