@@ -1,4 +1,4 @@
-"""Prune one linear layer: :func:`prune_layer` (start → ℓ1 rounds → finish) and the masked refit.
+"""Prune one linear layer: :func:`prune_layer` (start → rounds (ℓ0-ADMM or ℓ1) → finish) and the masked refit.
 
     from fistaopt.layer import prune_layer
     result = prune_layer(problem, "2:4", warm_start=W_wanda)     # LayerResult

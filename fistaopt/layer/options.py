@@ -50,8 +50,9 @@ class LayerOptions:
             λ search that replaces a missing warm start) or ``"l1"`` (the ℓ1 solver from a
             per-row λ, then rounded to the pattern: FISTAPruner's rounds, the default before
             the nineteenth session).  Measured on SmolLM2-135M (docs/pruning.md, "ℓ0-ADMM
-            rounds"): block 3's layer errors 9–7% lower at 50%, 70% and 2:4; WikiText-2 /
-            held-out perplexity at 50% 49.29 / 28.48 against 50.18 / 29.72 (seed 0).
+            rounds"): block 3's layer errors 7–9% lower at 50%, 70% and 2:4; WikiText-2 /
+            held-out perplexity 48.25 / 28.71 at 50% (three seeds) against 50.59 / 29.78,
+            83.23 / 42.26 at 2:4 and 152.84 / 65.80 at 70% against 86.95 / 44.75 and 176.28 / 76.34.
         rounds: rounds (solve → round → refit), each from the best point so far; None
             (default): :func:`auto_rounds` for the pattern and ``round_kind`` (ℓ1: 1 for
             unstructured patterns up to 50% sparsity, 2 otherwise; ℓ0-ADMM: 1).
@@ -70,9 +71,9 @@ class LayerOptions:
         l0_rho, l0_max_iter, l0_min_iter, l0_update_every: the ℓ0-ADMM round's first ρ (scaled
             coordinates, unit diagonal), iteration bounds and iterations between ρ updates
             (:func:`fistaopt.layer.l0_admm.l0_admm`).  The defaults (ρ updated after every
-            iteration, at least 6; 11–14 iterations on SmolLM2) cost 1.80× SparseGPT's prune
-            time at 50% where ALPS's cadence (``l0_update_every=3, l0_min_iter=30``; 30–33
-            iterations) cost 2.18× for 48.17 / 28.34 (docs/pruning.md).
+            iteration, at least 6; 11–14 iterations on SmolLM2) cost 1.81–1.83× SparseGPT's
+            prune time at 50%, 2.06× at 2:4 and 1.90× at 70% where ``l0_update_every=2, l0_min_iter=10`` (20–24 iterations) cost
+            2.18× for 48.17 / 28.34 (docs/pruning.md).
         precision: the products of the ℓ1 solver's iterations (its ``precision`` option,
             so it is not a solver option here): ``"fp32"`` (IEEE, of the problem's dtype),
             ``"tf32"`` (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or

@@ -1,4 +1,4 @@
-"""Prune ONE linear layer: start → ℓ1 rounds → finish.
+"""Prune ONE linear layer: start → rounds → finish.
 
 Given the layer problem ``min_W ½‖X* Wᵀ − X W₀ᵀ‖²_F + Σ λ_i ‖W_i‖₁`` (a
 :class:`~fistaopt.problems.LassoProblem` whose ``lam`` is ignored here; ``W (d_out,
@@ -9,12 +9,15 @@ d_in)``) and a sparsity pattern:
    (:func:`fistaopt.layer.lam.search_lam`) gives an ℓ1 solution with about the kept
    count per row, which is rounded and refit.  Either refit runs ``start_refit_iter``
    CG iterations when rounds follow (``refit_iter`` when the start is the result).
-2. **Rounds.**  Each round sets a per-row λ from the gradient at the best point
-   (:mod:`fistaopt.layer.lam`), runs the ℓ1 solver from there, rounds to the pattern by
-   the scaled magnitude ``|W_ij|·√H_jj`` and refits the kept weights
-   (:func:`fistaopt.layer.refit.masked_refit`).  Rows are independent, so each row keeps
-   whichever candidate reconstructs it better (whole candidates compete for the
-   layer-scope pattern, whose rows share one budget): never worse than the start.
+2. **Rounds.**  Each round makes a candidate from the best point so far and refits its
+   kept weights (:func:`fistaopt.layer.refit.masked_refit`).  By default
+   (``round_kind="l0-admm"``) one round of ℓ0-constrained ADMM on the pattern itself
+   (:mod:`fistaopt.layer.l0_admm`); with ``round_kind="l1"`` FISTAPruner's rounds: a per-row
+   λ from the gradient at the best point (:mod:`fistaopt.layer.lam`), the ℓ1 solver from
+   there, rounding to the pattern by the scaled magnitude ``|W_ij|·√H_jj``.  Rows are
+   independent, so each row keeps whichever candidate reconstructs it better (whole
+   candidates compete for the layer-scope pattern, whose rows share one budget): never
+   worse than the start.
 3. **Finish.**  The best weights, their exact pattern mask and the relative
    reconstruction errors ``‖X* Wᵀ − X W₀ᵀ‖² / ‖X W₀ᵀ‖²`` before and after rounding.
 """

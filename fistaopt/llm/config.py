@@ -429,7 +429,7 @@ class PruneConfig:
 
     def settings(self) -> dict[str, Any]:
         """The config as plain JSON values (the report's settings), with the damping, the
-        allocation rule and the ℓ1 rounds used."""
+        allocation rule and the rounds used."""
         out = {**asdict(self), "damp": self.damping, "allocation": self.allocation_rule}
         out["layer"]["rounds"] = self.layer.rounds_for(self.pattern_spec)
         return out
