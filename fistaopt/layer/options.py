@@ -72,8 +72,9 @@ class LayerOptions:
             coordinates, unit diagonal), iteration bounds and iterations between ρ updates
             (:func:`fistaopt.layer.l0_admm.l0_admm`).  The defaults (ρ updated after every
             iteration, at least 6; 11–14 iterations on SmolLM2) cost 1.81–1.83× SparseGPT's
-            prune time at 50%, 2.06× at 2:4 and 1.90× at 70% where ``l0_update_every=2, l0_min_iter=10`` (20–24 iterations) cost
-            2.18× for 48.17 / 28.34 (docs/pruning.md).
+            prune time at 50%, 2.06× at 2:4 and 1.90× at 70%; ``l0_update_every=2,
+            l0_min_iter=10`` (20–24 iterations) gave 48.17 / 28.34 at 50% (seed 0) in 2.18×
+            (docs/pruning.md).
         precision: the products of the ℓ1 solver's iterations (its ``precision`` option,
             so it is not a solver option here): ``"fp32"`` (IEEE, of the problem's dtype),
             ``"tf32"`` (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or

@@ -183,7 +183,7 @@ class _LayerPrune:
             self.n_iter += res.iterations
             self.info.setdefault("l0_admm", []).append({"iterations": res.iterations, "rho": res.rho,
                                                         "support_change": res.support_change})
-            self.keep(r, res.W, self.on_pattern(res.W, res.mask), torch.zeros_like(self.lam))
+            self.keep(r, self.on_pattern(res.W, res.mask), torch.zeros_like(self.lam), unrounded=None)
             return
         if o.lam_rule == "xi":
             lam_r, W_r, it = xi_round(self.work, self.plain, self.best, self.pat, self.solver, o.round_iter,
@@ -192,10 +192,13 @@ class _LayerPrune:
             lam_r, W_r, it = quantile_round(self.work, self.best, o.quantiles[r % len(o.quantiles)], self.solver,
                                             o.round_iter, self.solver_options, neg_grad=self.best_neg_grad)
         self.n_iter += it
-        self.keep(r, W_r, self.round_and_refit(W_r), lam_r)
+        self.keep(r, self.round_and_refit(W_r), lam_r, unrounded=W_r)
 
-    def keep(self, r: int, W_r: torch.Tensor, cand: Candidate, lam_r: torch.Tensor) -> None:
-        """Each row keeps the better of ``cand`` (round ``r``'s, from the solution ``W_r``) and its best."""
+    def keep(self, r: int, cand: Candidate, lam_r: torch.Tensor, unrounded: torch.Tensor | None) -> None:
+        """Each row keeps the better of ``cand`` (round ``r``'s) and its best.
+
+        ``unrounded``: the solution ``cand`` was rounded from, or None when it was on the
+        pattern already (then its objective before the refit is the unrounded one)."""
         better = cand.obj < self.best_obj
         if self.pat.scope == "layer":  # rows share one budget: candidates compete as a whole
             better = torch.full_like(better, bool(cand.obj.sum() < self.best_obj.sum()))
@@ -206,7 +209,8 @@ class _LayerPrune:
         self.lam = torch.where(better, lam_r, self.lam)
         self.improved |= better
         if r == 0:
-            self.unrounded, self.unrounded_obj, self.rounded_obj = W_r, None, cand.rounded_obj
+            self.unrounded, self.rounded_obj = unrounded, cand.rounded_obj
+            self.unrounded_obj = cand.rounded_obj if unrounded is None else None
 
     def finish(self, dtype: torch.dtype, started: float) -> LayerResult:
         """The best weights on the exact pattern, with their mask and errors."""
