@@ -101,6 +101,29 @@ def parse_pattern(pattern: Any = "unstructured", sparsity: float | None = None) 
     return Pattern(kind="unstructured", sparsity=s, scope=scopes[key])
 
 
+#: Up to this M, N:M masks come from pairwise comparisons inside each group
+#: (:func:`_nm_mask_pairwise`) rather than ``topk``: on one AVX2 core, for a 1536 × 576
+#: matrix, 7.3 ms against 18.4 ms at 2:4 and 9.7 against 17.5 at 4:8; at 8:16 they are even.
+_PAIRWISE_MAX_M = 8
+
+
+def _nm_mask_pairwise(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The N:M mask by counting, for every entry, the entries of its group that beat it.
+
+    ``j`` beats ``i`` when ``s_j > s_i``, or ``s_j = s_i`` and ``j < i`` (the lower position
+    wins a tie: a strict order, so exactly ``n`` entries per group are beaten fewer than ``n``
+    times).  ``m(m − 1)/2`` comparisons, each on one ``m``-th of the entries.
+    """
+    cols = scores.reshape(-1, m).t()  # (m, groups): strided views, one per position in the group
+    beaten = torch.zeros(cols.shape, dtype=torch.uint8, device=scores.device)
+    for i in range(1, m):
+        for j in range(i):
+            j_wins = cols[j] >= cols[i]
+            beaten[i] += j_wins
+            beaten[j] += ~j_wins
+    return (beaten < n).t().reshape(scores.shape)
+
+
 def _topk_mask(scores: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k <= 0:
@@ -122,10 +145,18 @@ def project(scores: torch.Tensor, pattern: Pattern | str, sparsity: float | None
         raise ValueError("scores must be a tensor of shape (d_out, d_in)")
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN")
+    pattern.check_shape(*scores.shape[-2:])
+    return pattern_mask(scores, pattern)
+
+
+def pattern_mask(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """:func:`project` without its checks, for inner loops whose scores are known to be valid:
+    ``scores (…, d_out, d_in)`` finite, ``d_in`` divisible by ``M`` for N:M."""
     d_out, d_in = scores.shape[-2:]
-    pattern.check_shape(d_out, d_in)
     s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     if pattern.kind == "nm":
+        if pattern.m <= _PAIRWISE_MAX_M:
+            return _nm_mask_pairwise(s, pattern.n, pattern.m)
         groups = s.reshape(*s.shape[:-1], d_in // pattern.m, pattern.m)
         return _topk_mask(groups, pattern.n).reshape(s.shape)
     if pattern.scope == "row":

@@ -58,6 +58,33 @@ def test_project_exact_counts():
         project(torch.rand(3, 10), "2:4")
 
 
+@pytest.mark.parametrize("n,m", [(1, 2), (1, 4), (2, 4), (3, 4), (2, 8), (4, 8), (7, 8), (4, 16), (8, 16)])
+def test_nm_projection_keeps_the_n_largest_of_every_group_ties_to_the_lower_position(n, m):
+    """Pairwise counting (M <= 8) and topk (larger M) agree with a stable sort: the N largest
+    scores of each group, a tie won by the lower position; leading batch dimensions and
+    bfloat16 scores too."""
+    gen = torch.Generator().manual_seed(n * 100 + m)
+    # few distinct values, so most groups hold ties
+    scores = torch.randint(0, 4, (3, 5, 4 * m), generator=gen).float()
+
+    def reference(s: torch.Tensor) -> torch.Tensor:
+        groups = s.reshape(-1, m)
+        order = torch.sort(-groups, dim=-1, stable=True).indices[:, :n]
+        return torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order, True).reshape(s.shape)
+
+    for s in (scores, scores.to(torch.bfloat16), scores[0]):
+        mask = project(s, f"{n}:{m}")
+        assert mask.shape == s.shape and mask.dtype == torch.bool
+        assert (mask.reshape(-1, m).sum(-1) == n).all()
+        if m <= 8:  # topk's choice among ties is its own; the pairwise rule is exactly the stable sort's
+            assert torch.equal(mask, reference(s.float()))
+        else:
+            groups, kept = s.float().reshape(-1, m), mask.reshape(-1, m)
+            lowest_kept = torch.where(kept, groups, torch.inf).min(-1).values
+            highest_dropped = torch.where(kept, -torch.inf, groups).max(-1).values
+            assert (lowest_kept >= highest_dropped).all()
+
+
 # ------------------------------------------------------------------ refit
 def test_masked_refit_solves_masked_least_squares():
     prob, W0, X = layer_problem(8, 12, seed=3)
@@ -153,7 +180,7 @@ def test_prune_layer_exact_pattern_and_beats_baselines(pattern, sparsity, solver
     assert e <= error(W0, X, wanda) and e <= error(W0, X, magnitude)
     # never worse than the refit warm start, row by row
     # the start's refit, as prune_layer runs it before its rounds
-    refit_ws = refit_mask(prob, wanda != 0, wanda, max_iter=LayerOptions().start_refit_iter)
+    refit_ws = refit_mask(prob, wanda != 0, wanda, max_iter=LayerOptions().start_refit_for())
     plain = prob.with_lam(0.0)
     # candidates are compared by objectives from the refit's residuals, c − ⟨w, g⟩ − ⟨w, r⟩: equal up to
     # float64 rounding of terms of the size of c, so ties may go either way within 1e-12 c
@@ -270,6 +297,13 @@ def test_start_refit_runs_start_refit_iter_before_rounds_and_refit_iter_alone(mo
     calls.clear()
     prune_layer(prob, "unstructured", sparsity=0.5, rounds=1, refit_iter=9, start_refit_iter=3)  # λ-search start
     assert calls == [3, 9]
+    # by default: no start refit before the ℓ0-ADMM round, 5 CG iterations before ℓ1 rounds
+    calls.clear()
+    prune_layer(prob, "unstructured", sparsity=0.5, warm_start=warm, refit_iter=9)
+    assert calls == [0, 9]
+    calls.clear()
+    prune_layer(prob, "unstructured", sparsity=0.5, warm_start=warm, refit_iter=9, round_kind="l1", rounds=1)
+    assert calls == [5, 9]
     # without rounds the start is the result: refit as far as refit_iter says
     assert torch.allclose(alone.W, refit_mask(prob, warm != 0, warm, max_iter=9), atol=1e-6)
 

@@ -38,7 +38,7 @@ from typing import Iterator
 import torch
 
 from fistaopt.problems.lasso import LassoProblem
-from fistaopt.sparsity import Pattern, project
+from fistaopt.sparsity import Pattern, pattern_mask
 
 _local = threading.local()
 
@@ -128,41 +128,55 @@ def l0_admm(
     s, lam, Q = scaled_eigh(problem.H)
     dtype = start.dtype
     s, lam, Q = s.to(dtype), lam.to(dtype), Q.to(dtype)
-    G_Q = (problem.G.to(dtype) / s[None, :]) @ Q  # G̃ Q, fixed
-    D = start * s[None, :]
-    U = torch.zeros_like(D)
-    mask = D != 0
-    d_out = D.shape[0]
+    d_out = start.shape[0]
+    # the result, written row by row as rows stop
+    D_out = start * s[None, :]
+    mask_out = D_out != 0
+    rho_out = torch.full((d_out, 1), float(rho), dtype=dtype, device=D_out.device)
+    change_out = torch.zeros(d_out, dtype=dtype, device=D_out.device)
     # ρ, its updates and the stop are per row for row-local patterns (so a row's result does not
     # depend on the other rows: ranks that split the rows prune as one process), shared by all
     # rows for the layer-scope pattern, whose projection couples them
     coupled = pattern.scope == "layer"
-    rho_t = torch.full((d_out, 1), float(rho), dtype=dtype, device=D.device)
-    kept = mask.sum(1).to(dtype).clamp_min(1.0)
-    active = torch.ones(d_out, dtype=torch.bool, device=D.device)
-    checked, change, t = mask, torch.zeros(d_out, dtype=dtype, device=D.device), 0
+    # the running rows: their indices in the layer and their state; compacted when rows stop,
+    # so every iteration works in place on buffers of the running rows only
+    rows = torch.arange(d_out, device=D_out.device)
+    G_Q = (problem.G.to(dtype) / s[None, :]) @ Q  # G̃ Q, fixed
+    D, U, rho_t = D_out.clone(), torch.zeros_like(D_out), rho_out.clone()
+    checked = mask = mask_out
+    kept = mask_out.sum(1).to(dtype).clamp_min(1.0)
+    change = change_out
+    V, Z, tmp = torch.empty_like(D), torch.empty_like(D), torch.empty_like(D)
+    t = 0
     for t in range(1, max_iter + 1):
-        rows = None if bool(active.all()) else active.nonzero().squeeze(1)
-        Dr, Ur, Gr, rr = (D, U, G_Q, rho_t) if rows is None else (D[rows], U[rows], G_Q[rows], rho_t[rows])
-        V = ((Gr + rr * ((Dr - Ur) @ Q)) / (lam[None, :] + rr)) @ Q.T
-        Z = V + Ur
-        mask_r = project(Z.abs(), pattern)
-        if rows is None:
-            mask, D = mask_r, Z * mask_r
-            U = Z - D  # = U + V − D
-        else:
-            mask[rows], D[rows] = mask_r, Z * mask_r
-            U[rows] = Z - D[rows]
-        if t % update_every == 0:
-            moved = (mask ^ checked).sum(1).to(dtype)
-            change = (moved.sum() / kept.sum()).expand(d_out) if coupled else moved / kept
-            checked = mask.clone()
-            factor = torch.where(change >= 0.1, 1.3, torch.where(change >= 0.005, 1.2,
-                                                                 torch.where(change > 0, 1.1, 1.0)))
-            rho_t = torch.where(active[:, None], rho_t * factor[:, None].to(dtype), rho_t)
-            if t >= min_iter:
-                active &= change >= stop_change
-                if not bool(active.any()):
-                    break
-    return L0Admm(W=D / s[None, :], mask=mask, iterations=t, rho=float(rho_t.max()),
-                  support_change=float(change.max()))
+        torch.mm(torch.sub(D, U, out=tmp), Q, out=V)
+        V.mul_(rho_t).add_(G_Q).div_(torch.add(lam[None, :], rho_t, out=tmp))  # in the eigenbasis
+        torch.addmm(U, V, Q.T, out=Z)  # Z = V + U
+        mask = pattern_mask(torch.abs(Z, out=tmp), pattern)
+        torch.mul(Z, mask, out=D)
+        torch.sub(Z, D, out=U)  # U + V − D
+        if t % update_every:
+            continue
+        moved = (mask ^ checked).sum(1).to(dtype)
+        change = (moved.sum() / kept.sum()).expand(len(rows)) if coupled else moved / kept
+        checked = mask
+        factor = torch.where(change >= 0.1, 1.3, torch.where(change >= 0.005, 1.2, torch.where(change > 0, 1.1, 1.0)))
+        rho_t = rho_t * factor[:, None].to(dtype)
+        if t < min_iter:
+            continue
+        done = change < stop_change
+        if not bool(done.any()):
+            continue
+        stopped = rows[done]
+        D_out[stopped], mask_out[stopped], rho_out[stopped], change_out[stopped] = (
+            D[done], mask[done], rho_t[done], change[done])
+        running = ~done
+        if not bool(running.any()):
+            break
+        rows, D, U, G_Q, rho_t = rows[running], D[running], U[running], G_Q[running], rho_t[running]
+        checked, mask, kept, change = checked[running], mask[running], kept[running], change[running]
+        V, Z, tmp = torch.empty_like(D), torch.empty_like(D), torch.empty_like(D)
+    else:  # max_iter reached: the running rows keep their last projection
+        D_out[rows], mask_out[rows], rho_out[rows], change_out[rows] = D, mask, rho_t, change
+    return L0Admm(W=D_out / s[None, :], mask=mask_out, iterations=t, rho=float(rho_out.max()),
+                  support_change=float(change_out.max()))
