@@ -7,7 +7,7 @@ d_in)``) and a sparsity pattern:
 1. **Start.**  With a warm start (Wanda's or SparseGPT's weights on the pattern) its
    mask is refit; without one, a per-row λ search on the ℓ1 path
    (:func:`fistaopt.layer.lam.search_lam`) gives an ℓ1 solution with about the kept
-   count per row, which is rounded and refit.  Either refit runs ``start_refit_iter``
+   count per row, which is rounded and refit.  Either refit runs ``start_refit_for()``
    CG iterations when rounds follow (``refit_iter`` when the start is the result).
 2. **Rounds.**  Each round makes a candidate from the best point so far and refits its
    kept weights (:func:`fistaopt.layer.refit.masked_refit`).  By default
@@ -150,9 +150,9 @@ class _LayerPrune:
 
     def start(self, warm_start: torch.Tensor | None, rounds: int) -> None:
         """The first candidate: the refit warm start, or the rounded end of the λ search; its
-        refit runs ``start_refit_iter`` CG iterations when ``rounds`` follow, else ``refit_iter``."""
+        refit runs ``start_refit_for()`` CG iterations when ``rounds`` follow, else ``refit_iter``."""
         work = self.work
-        refit_iter = self.options.start_refit_iter if rounds > 0 else self.options.refit_iter
+        refit_iter = self.options.start_refit_for() if rounds > 0 else self.options.refit_iter
         if warm_start is not None:
             W_l1 = work.check_W(warm_start, "warm_start")
             if not satisfies(W_l1, self.pat):
