@@ -72,10 +72,10 @@ class LayerOptions:
         l0_rho, l0_max_iter, l0_min_iter, l0_update_every: the ℓ0-ADMM round's first ρ (scaled
             coordinates, unit diagonal), iteration bounds and iterations between ρ updates
             (:func:`fistaopt.layer.l0_admm.l0_admm`).  The defaults (ρ updated after every
-            iteration, at least 6; 11–14 iterations on SmolLM2) cost 1.81–1.83× SparseGPT's
-            prune time at 50%, 2.06× at 2:4 and 1.90× at 70%; ``l0_update_every=2,
-            l0_min_iter=10`` (20–24 iterations) gave 48.17 / 28.34 at 50% (seed 0) in 2.18×
-            (docs/pruning.md).
+            iteration, at least 6; 11–15 iterations on SmolLM2) cost 1.79–1.86× SparseGPT's
+            prune time at 50%, 1.71× at 2:4 and 1.96× at 70% (1db7c54, the main table);
+            ``l0_update_every=2, l0_min_iter=10`` (20–24 iterations) gave 48.17 / 28.34 at 50%
+            (seed 0) in 2.18× at 13931b7 (docs/pruning.md).
         precision: the products of the ℓ1 solver's iterations (its ``precision`` option,
             so it is not a solver option here): ``"fp32"`` (IEEE, of the problem's dtype),
             ``"tf32"`` (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or
@@ -147,7 +147,8 @@ class LayerOptions:
         None 5 before ℓ1 rounds (their λ comes from the refit start's gradient) and 0 before
         an ℓ0-ADMM round, whose first iterations refit on their own: on SmolLM2 block 3 the
         layer errors moved by at most 0.02% at 50%, 2:4 and 70% (0.03206, 0.05252, 0.09409
-        against 0.03206, 0.05251, 0.09410) for 11–14% less layer time (docs/pruning.md)."""
+        against 0.03206, 0.05251, 0.09410) for 10–14% less layer time in single runs (docs/pruning.md,
+        "Speed, seventh pass")."""
         if self.start_refit_iter is not None:
             return self.start_refit_iter
         return 0 if self.round_kind == "l0-admm" else 5
