@@ -74,8 +74,10 @@ class LayerOptions:
             (:func:`fistaopt.layer.l0_admm.l0_admm`).  The defaults (ρ updated after every
             iteration, at least 6; 11–15 iterations on SmolLM2) cost 1.79–1.86× SparseGPT's
             prune time at 50%, 1.71× at 2:4 and 1.96× at 70% (1db7c54, the main table);
-            ``l0_update_every=2, l0_min_iter=10`` (20–24 iterations) gave 48.17 / 28.34 at 50%
-            (seed 0) in 2.18× at 13931b7 (docs/pruning.md).
+            ``l0_update_every=2, l0_min_iter=10`` (20–24 iterations) gave 48.64 / 28.44 at 50%
+            and 82.60 / 42.03 at 2:4 (seed 0) in 2.02× and 1.96× at 92c1c18, against the
+            default's 48.63 / 28.65 and 82.45 / 42.06: no gain for the time
+            (docs/pruning.md, "ℓ0-ADMM rounds").
         precision: the products of the ℓ1 solver's iterations (its ``precision`` option,
             so it is not a solver option here): ``"fp32"`` (IEEE, of the problem's dtype),
             ``"tf32"`` (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or
