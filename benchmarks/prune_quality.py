@@ -28,6 +28,10 @@ error correction) and pruned block inputs. ``llmcompressor-sparsegpt`` and
 ``llmcompressor-wanda`` are reference rows from llm-compressor on the same windows, where it is
 installed (``benchmarks/llmcompressor_rows.py``). The JSON's ``protocol`` block holds the exact
 command line.
+
+``--device cuda`` runs each row's prune (the current block) and its evaluation on that
+device; the model is loaded on the CPU and the prune times are then the device's
+(``benchmarks/gpu_checks.sh``'s ``quality`` stage).
 """
 
 from __future__ import annotations
@@ -219,10 +223,12 @@ def prune_and_score(task: Task) -> dict:
         else:
             kwargs = method_settings(method)
             totals = llm.prune(model, windows, method=method.name, progress=False, blocks=setup["blocks"],
-                               **{**pattern, **kwargs}).totals
+                               device=setup["device"], **{**pattern, **kwargs}).totals
+        _synchronize(setup["device"])
     t1 = time.perf_counter()
-    ppl = {name: float(llm.perplexity(model, setup["texts"][name], seqlen=setup["seqlen"],
+    ppl = {name: float(llm.perplexity(model, setup["texts"][name], seqlen=setup["seqlen"], device=setup["device"],
                                       bos_token_id=setup["bos_id"])) for name in TEXTS}
+    model.to("cpu")  # the next row starts from the dense weights on the CPU, as this one did
     return {
         **asdict(task), "ppl": ppl, "prune_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1,
         "loadavg_1m": [load_start, os.getloadavg()[0]], "mean_rel_error": totals.get("mean_rel_error"),
@@ -230,6 +236,12 @@ def prune_and_score(task: Task) -> dict:
         # the worker's peak so far (Linux: KiB): the largest of the tasks this worker has run
         "worker_peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+
+
+def _synchronize(device: str) -> None:
+    """Wait for ``device``'s queued work, so the prune's seconds include it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def run_tasks(tasks: list[Task], setup: dict, jobs: int, model: Any) -> Iterator[dict]:
@@ -286,6 +298,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          + DEFAULT_SEEDED_ROWS.replace("%", "%%") + ")")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes, each with --threads threads")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu",
+                    help="where each prune runs its current block and the evaluation runs, e.g. cuda")
     ap.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
                     help="BOS at the start of calibration and evaluation windows (fistaopt.llm.data)")
     ap.add_argument("--blocks", default=None, help="prune only these blocks, e.g. 0-3 (for quick checks)")
@@ -302,7 +316,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if table.exists() and not table.read_text(encoding="utf-8", errors="replace").startswith(TABLE_START):
             ap.error(f"--out {args.out}: {table} exists and is not tables this script wrote; "
                      "move it or choose another --out")
+    try:
+        args.device = str(torch.device(args.device))
+    except RuntimeError as e:
+        ap.error(f"--device {args.device}: {' '.join(str(e).split())}")
+    if args.device != "cpu" and not _device_available(args.device):
+        ap.error(f"--device {args.device}: not available on this machine")
     return args
+
+
+def _device_available(device: str) -> bool:
+    """Whether torch can run on ``device`` here (``cuda``, ``cuda:1``, ``mps``, ...)."""
+    kind = torch.device(device)
+    if kind.type == "cuda":
+        return torch.cuda.is_available() and (kind.index or 0) < torch.cuda.device_count()
+    backend = getattr(torch.backends, kind.type, None)
+    return bool(backend is not None and getattr(backend, "is_available", lambda: False)())
 
 
 def block_list(text: str | None) -> list[int] | None:
@@ -322,7 +351,7 @@ def prepare(args: argparse.Namespace, tok: Any, seeds: list[int]) -> dict:
                                              bos=args.bos, heldout=not args.all_articles) for s in seeds}
     texts = {"wikitext2": llm.evaluation_tokens(tok)[: args.eval_tokens],
              "heldout": heldout_tokens(tok)[: args.heldout_tokens]}
-    return {"model": args.model, "threads": args.threads, "seqlen": args.seqlen, "blocks": block_list(args.blocks),
+    return {"model": args.model, "threads": args.threads, "device": args.device, "seqlen": args.seqlen, "blocks": block_list(args.blocks),
             "bos_id": bos_token_id(tok, args.bos), "calibration": calibration, "texts": texts}
 
 
@@ -337,6 +366,7 @@ def protocol(args: argparse.Namespace, argv: list[str], setup: dict, seeded: set
         "evaluation": {"wikitext2": f"first {n_wt2} tokens of WikiText-2 test, seqlen {args.seqlen}",
                        "heldout": f"first {n_held} tokens of the held-out articles, seqlen {args.seqlen}"},
         "seeded_rows": sorted(f"{m}@{p}" for m, p in seeded), "jobs": args.jobs, "threads": args.threads,
+        "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device,
         "blocks": args.blocks or "all", "bos": f"{args.bos} (BOS id {setup['bos_id']})",
         "cpu_count": os.cpu_count(),
         # whether this CPU multiplies bfloat16 natively: what precision="auto" (the default) resolves to
@@ -365,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         seeded = parse_seeded_rows(args.seeded_rows, methods, patterns)
         tasks = plan_tasks(methods, patterns, seeds, seeded, dense=not args.skip_dense, only=only)
         reference = sibling("llmcompressor_rows")
-        reference.check([(Spec.parse(t.method), pattern_args(t.pattern)) for t in tasks if t.method != "dense"])
         external = any(reference.is_external(Spec.parse(m).name) for m in methods)
+        if args.device != "cpu" and external:
+            raise ValueError("--device does not apply to llm-compressor rows: they run on the CPU")
+        reference.check([(Spec.parse(t.method), pattern_args(t.pattern)) for t in tasks if t.method != "dense"])
         if args.blocks and external:
             raise ValueError("--blocks does not apply to llm-compressor rows: they prune every block")
     except ValueError as e:

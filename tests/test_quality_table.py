@@ -252,3 +252,24 @@ def test_out_never_overwrites_a_markdown_file_it_did_not_write(tmp_path, capsys)
     notes.write_text(qt.render(fixture()))  # tables of an earlier run are rewritten
     assert qt.render(fixture()).startswith(pq.TABLE_START)
     assert pq.parse_args(["--out", str(tmp_path / "r.json")]).out == str(tmp_path / "r.json")
+
+
+def test_device_is_checked_before_any_work(capsys, monkeypatch):
+    """--device names a torch device this machine has: a typo or a missing GPU is one line at
+    parse time; llm-compressor rows (CPU only) refuse a device."""
+    assert pq.parse_args([]).device == "cpu"
+    with pytest.raises(SystemExit):
+        pq.parse_args(["--device", "gpu0"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("error: --device gpu0: Invalid device string: 'gpu0'")
+    if not pq.torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            pq.parse_args(["--device", "cuda"])
+        assert "--device cuda: not available on this machine" in capsys.readouterr().err
+    monkeypatch.setattr(pq, "_device_available", lambda device: True)
+    assert pq.parse_args(["--device", "cuda"]).device == "cuda"
+    monkeypatch.setattr(lc, "installed", lambda: True)
+    monkeypatch.setitem(sys.modules, "llmcompressor_rows", lc)
+    assert pq.main(["--patterns", "50%", "--methods", "llmcompressor-wanda", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "prune_quality.py: error: --device does not apply to llm-compressor rows: they run on the CPU"
