@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--methods", default="sparsegpt,fista",
                     help="method specs, separated by commas outside brackets, e.g. "
-                         "'sparsegpt,fista,fista[tune_epochs=1,tune_lr=3e-4]'")
+                         "'sparsegpt,fista[tune_epochs=0],fista' (fista tunes on a GPU by default)")
     ap.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     ap.add_argument("--tflops", type=float, default=20.0, help="sustained rate of docs/scaling.md's prediction")
     ap.add_argument("--seed", type=int, default=0)

@@ -10,13 +10,18 @@
 #   block    benchmarks/gpu_block.py: one LLaMA-2-7B-shaped block, 128 x 2048 tokens, SparseGPT and fista
 #   solver   benchmarks/gpu.py: FISTA iteration / GEMM ratios, precision modes, prune_layer vs SparseGPT
 #   sparse   benchmarks/sparse_inference.py: 2:4 semi-structured linears, prefill and decode
-#   smollm2  SmolLM2-135M at 50% on the GPU, fista and SparseGPT, with `make demo`'s
-#            settings (the CPU reference is in docs/gpu.md);
+#   smollm2  SmolLM2-135M at 50% on the GPU, fista (the default: tuned on a GPU) and SparseGPT,
+#            with `make demo`'s settings (the CPU reference is in docs/gpu.md);
 #            needs SMOLLM2_GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf
-#   tune     issue 11's quality setting against the 2x budget on the GPU: SmolLM2 at 50% with
-#            --tune-epochs 1 --tune-lr 3e-4 (after the smollm2 stage, whose SparseGPT and
-#            fista reports it is compared with), and the LLaMA-2-7B-shaped block with
-#            sparsegpt, fista and the tuned fista; needs SMOLLM2_GGUF
+#   tune     the block tuning against the 2x budget on the GPU: SmolLM2 at 50% untuned
+#            (--tune-epochs 0, after the smollm2 stage, whose SparseGPT and default fista
+#            reports it is compared with), and the LLaMA-2-7B-shaped block with sparsegpt, the
+#            untuned fista and the default (tuned) fista; needs SMOLLM2_GGUF
+#   quality  issue 11's table on the GPU: benchmarks/prune_quality.py --device cuda, the main
+#            table's protocol (32 x 512 windows, held-out split), dense, SparseGPT, the untuned
+#            fista (tune_epochs=0) and the default fista (tuned on a GPU) at 2:4 (seed 0) and
+#            50% (SparseGPT and the default fista over seeds 0-2); rows are logged one JSON
+#            line each as they finish; needs SMOLLM2_GGUF (QUALITY_ARGS: more arguments)
 #
 # Every stage has its own time limit and appends to OUTDIR/checks.log; the JSON files land
 # in OUTDIR. A failing stage does not stop the next one.
@@ -53,21 +58,31 @@ smollm2() {  # fista and SparseGPT at 50% on cuda
     rm -rf "$work"
 }
 
-tune() {  # the tuned fista on cuda: SmolLM2 at 50%, then one 7B-shaped block beside sparsegpt and fista
+tune() {  # the untuned fista on cuda: SmolLM2 at 50%, then one 7B-shaped block: sparsegpt, untuned and tuned fista
     local gguf=${SMOLLM2_GGUF:?set SMOLLM2_GGUF}
     local work
     work=$(mktemp -d)
     # shellcheck disable=SC2086
-    "$py" -m fistaopt.cli prune "$gguf" --method fista --tune-epochs 1 --tune-lr 3e-4 --device "${GPU_DEVICE:-cuda}" \
-        --sparsity 0.5 --nsamples 32 --eval-tokens 32768 --no-progress ${SMOLLM2_EXTRA:-} --out "$work/tuned" \
-        && cp "$work/tuned/report.json" "$out/smollm2-fista-tuned-50-cuda.json"
+    "$py" -m fistaopt.cli prune "$gguf" --method fista --tune-epochs 0 --device "${GPU_DEVICE:-cuda}" \
+        --sparsity 0.5 --nsamples 32 --eval-tokens 32768 --no-progress ${SMOLLM2_EXTRA:-} --out "$work/untuned" \
+        && cp "$work/untuned/report.json" "$out/smollm2-fista-untuned-50-cuda.json"
     rm -rf "$work"
-    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt,fista,fista[tune_epochs=1,tune_lr=3e-4]' \
+    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt,fista[tune_epochs=0],fista' \
         --out "$out/gpu-block-llama-7b-tune.json"
 }
 
+quality() {  # the quality table's rows on cuda; the JSON lines of finished rows are in the log
+    local gguf=${SMOLLM2_GGUF:?set SMOLLM2_GGUF}
+    # shellcheck disable=SC2086
+    "$py" benchmarks/prune_quality.py --model "$gguf" --device "${GPU_DEVICE:-cuda}" --threads 8 \
+        --nsamples 32 --eval-tokens 16384 --heldout-tokens 8192 --patterns '2:4;50%' --seeds 0,1,2 \
+        --methods 'sparsegpt;fista[tune_epochs=0];fista' \
+        --seeded-rows 'sparsegpt@50%;fista@50%' ${QUALITY_ARGS:-} \
+        --out "$out/quality-smollm2-cuda.json" >/dev/null
+}
+
 export py out
-export -f smollm2 tune
+export -f smollm2 tune quality
 for s in ${*:-env tests block solver sparse}; do
     case $s in
         env) stage env 60 bash -c "nvidia-smi; $py -c 'import torch, transformers; print(torch.__version__, torch.version.cuda, transformers.__version__, torch.cuda.get_device_name())'" ;;
@@ -78,6 +93,7 @@ for s in ${*:-env tests block solver sparse}; do
         sparse) stage sparse 100 "$py" benchmarks/sparse_inference.py ${SPARSE_ARGS:-} --out "$out/sparse-inference-cuda.json" ;;
         smollm2) stage smollm2 420 bash -c smollm2 ;;
         tune) stage tune 400 bash -c tune ;;
+        quality) stage quality "${QUALITY_LIMIT:-520}" bash -c quality ;;
         *) echo "unknown stage $s" | tee -a "$log" ;;
     esac
 done

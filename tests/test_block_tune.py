@@ -339,3 +339,54 @@ def test_tune_blocks_must_be_pruned_blocks():
               progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize("kwargs, device, distributed, epochs", [
+    ({}, "cuda", False, 1),  # fista at 50% on a GPU: tuned
+    ({"pattern": "2:4"}, "cuda:0", False, 1),
+    ({"sparsity": 0.4}, "cuda", False, 1),
+    ({}, "cpu", False, 0),  # over the 2x budget on a CPU
+    ({}, "cuda", True, 0),  # the tuning runs in one process
+    ({"sparsity": 0.7}, "cuda", False, 0),  # no WikiText-2 gain measured above 50%
+    ({"method": "sparsegpt"}, "cuda", False, 0),  # baselines stay the published algorithms
+    ({"error_correction": False}, "cuda", False, 0),
+    ({"block_inputs": "dense"}, "cuda", False, 0),
+    ({"tune_epochs": 0}, "cuda", False, 0),  # an explicit value is kept, on any device
+    ({"tune_epochs": 2}, "cpu", False, 2),
+])
+def test_auto_tune_epochs_resolves_by_device_method_and_pattern(kwargs, device, distributed, epochs):
+    """``tune_epochs="auto"`` (the default) tunes where it was measured inside 2x SparseGPT's
+    time: solver methods on a CUDA device, one process, <= 50% unstructured or N:M."""
+    from fistaopt.llm.config import AUTO_TUNE_EPOCHS
+
+    config = PruneConfig.build(None, **{"method": "fista", "sparsity": 0.5, **kwargs})
+    assert PruneConfig().tune_epochs == "auto" and AUTO_TUNE_EPOCHS == 1
+    resolved = config.for_device(torch.device(device), distributed=distributed)
+    assert resolved.tune_epochs == epochs
+    assert resolved.for_device("cpu") == resolved  # resolved once: a later device changes nothing
+    with pytest.raises(ValueError, match="tune_epochs='auto' is resolved by for_device"):
+        PruneConfig().tunes(0)
+
+
+def test_auto_tune_epochs_on_the_cpu_prunes_untuned_and_reports_the_value_used():
+    """On the CPU the default prune is the untuned one, bit for bit, and its report says 0."""
+    ids = calib(nsamples=4, seqlen=16)
+    auto, untuned = tiny_model("llama"), tiny_model("llama")
+    report = prune(auto, ids, method="fista", sparsity=0.5, progress=False)
+    prune(untuned, ids, method="fista", sparsity=0.5, tune_epochs=0, progress=False)
+    assert report.settings["tune_epochs"] == 0 and report.tuning == []
+    for a, b in zip(auto.parameters(), untuned.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_auto_tune_epochs_on_the_command_line():
+    from fistaopt.cli import build_parser
+
+    def parse(*args):
+        return build_parser().parse_args(["prune", "--out", "o", *args])
+
+    assert parse().tune_epochs == "auto"
+    assert parse("--tune-epochs", "auto").tune_epochs == "auto"
+    assert parse("--tune-epochs", "2").tune_epochs == 2
+    with pytest.raises(SystemExit):
+        parse("--tune-epochs", "some")

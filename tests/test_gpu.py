@@ -261,8 +261,30 @@ def test_cuda_stepped_forwards_prune_like_recomputed_inputs(monkeypatch):
         else:
             monkeypatch.undo()
         model = tiny_model("llama")
-        prune(model, ids, method="fista", sparsity=0.5, batch_size=2, progress=False, device="cuda")
+        prune(model, ids, method="fista", sparsity=0.5, batch_size=2, tune_epochs=0, progress=False, device="cuda")
         weights[stepped] = [op.get_weight().cpu() for gs in model_operators(model) for g in gs for op in g]
     for a, b in zip(weights[False], weights[True]):
         assert torch.equal(a != 0, b != 0)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_cuda_default_prune_tunes_the_blocks_and_keeps_the_pattern(pattern):
+    """On a CUDA device the default ``tune_epochs="auto"`` tunes every block once (the
+    report says 1 and holds a record per block); the masks keep the exact pattern."""
+    from fistaopt.llm import prune
+    from fistaopt.llm.model import model_operators
+    from llm_fixtures import calib, tiny_model
+
+    model = tiny_model("llama")
+    report = prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, pattern=pattern,
+                   batch_size=2, progress=False, device="cuda")
+    assert report.settings["tune_epochs"] == 1
+    assert [t["block"] for t in report.tuning] == list(range(model.config.num_hidden_layers))
+    for op in (op for gs in model_operators(model) for g in gs for op in g):
+        w = op.get_weight()
+        if pattern == "2:4":
+            assert int((w.reshape(w.shape[0], -1, 4) != 0).sum(-1).max()) <= 2
+        else:
+            assert int((w == 0).sum(1).min()) >= w.shape[1] // 2

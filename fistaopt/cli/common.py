@@ -64,6 +64,11 @@ positive_int = int_at_least(1, "a positive integer")
 nonneg_int = int_at_least(0, "an integer >= 0")
 
 
+def auto_or_nonneg_int(text: str) -> int | str:
+    """argparse type: ``auto`` or an integer >= 0."""
+    return "auto" if text == "auto" else int_at_least(0, "'auto' or an integer >= 0")(text)
+
+
 def number(text: str) -> float:
     """argparse type: a finite float (ranges are checked where the setting is defined)."""
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fistaopt.cli.common import (
-    UsageError, add_model_arguments, block_list, nonneg_int, number, output_folder, positive_int, set_threads, table, versions,
+    UsageError, add_model_arguments, auto_or_nonneg_int, block_list, nonneg_int, number, output_folder, positive_int, set_threads, table, versions,
 )
 from fistaopt.cli.evaluate import evaluation_tokens, measure, resolve_bos
 from fistaopt.cli.preflight import load_model, model_shape, model_source, text_file
@@ -80,9 +80,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         f"(default {d.owl_windows})")
     p.add_argument("--max-deviation", type=number, default=d.max_deviation,
                    help="largest change of an operator's sparsity from --sparsity under --allocation owl/convex")
-    p.add_argument("--tune-epochs", type=nonneg_int, default=d.tune_epochs,
+    p.add_argument("--tune-epochs", type=auto_or_nonneg_int, default=d.tune_epochs,
                    help="after each block is pruned, passes of Adam over the calibration windows that tune its kept "
-                        "weights toward the dense block's output (0, default: none; docs/pruning.md, block tuning)")
+                        "weights toward the dense block's output (0: none; auto, default: 1 for solver methods on a "
+                        "CUDA device at <= 50%% unstructured sparsity or N:M, else 0; docs/pruning.md, block tuning)")
     p.add_argument("--tune-lr", type=number, default=d.tune_lr, help=f"Adam's step size for --tune-epochs (default {d.tune_lr})")
     p.add_argument("--tune-windows", type=positive_int, default=d.tune_windows,
                    help="calibration windows per tuning epoch (default: all)")

@@ -64,6 +64,7 @@ def prune_block(
     A block left untuned (``tune_blocks``) still advances the dense model's hidden states that
     ``tune_target="model"`` carries from the first pruned block on.
     """
+    config = config.for_device(device, distributed=comm.distributed)  # tune_epochs="auto", where prune did not
     home = next(block.parameters()).device
     block.to(device)
     work: BlockWork | None = None

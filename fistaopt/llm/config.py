@@ -43,6 +43,12 @@ DEFAULT_SPARSITY = 0.5
 #: above 50% (at 70% WikiText-2 perplexity within the prune's rounding noise, held-out
 #: perplexity 77.7 against 85.0 with seed 0): :meth:`PruneConfig.damping`.
 DEFAULT_DAMP = {"baseline": 0.01, "solver": 0.1, "solver_sparse": 0.03}
+#: The block tuning's epochs where ``tune_epochs="auto"`` tunes (:meth:`PruneConfig.for_device`):
+#: on one H200, SmolLM2-135M, one epoch lowered WikiText-2 perplexity 48.38 → 47.32 at 50%
+#: (three seeds, lower with each) and 83.25 → 78.07 at 2:4 (seed 0), at 1.5-1.6x SparseGPT's
+#: prune time against 1.0-1.3x untuned; a second epoch gave 47.29 (docs/pruning.md,
+#: "Block tuning on a GPU").  On a CPU one epoch costs 2.5-3x SparseGPT's time.
+AUTO_TUNE_EPOCHS = 1
 
 
 def _is_int(v: Any) -> bool:
@@ -170,11 +176,16 @@ class PruneConfig:
             by default, where SmolLM2-135M's block sparsities are those of 32 windows to 0.002.
         tune_epochs: after each block is pruned, passes of Adam over the calibration windows
             that tune the block's kept linear weights (masks fixed) toward the dense block's
-            output on the same input (:mod:`fistaopt.llm.block_tune`); 0 (default): none.
-            Needs error correction and ``block_inputs="pruned"``, one process.  On
-            SmolLM2-135M one epoch lowered WikiText-2 perplexity 50.81 → 49.28 at 50% and
-            89.44 → 85.00 at 2:4 (three seeds) and cost about 6.6 s per block on one CPU
-            thread, 2.5–3× SparseGPT's time (docs/pruning.md, "Block tuning").
+            output on the same input (:mod:`fistaopt.llm.block_tune`); 0: none.
+            Needs error correction and ``block_inputs="pruned"``, one process.  ``"auto"``
+            (default): :meth:`for_device` resolves it where the blocks run, to
+            :data:`AUTO_TUNE_EPOCHS` for solver methods on a CUDA device in one process at
+            50% or less unstructured sparsity or N:M (with error correction and pruned block
+            inputs), else 0; the report's settings record the value used.  On SmolLM2-135M
+            one epoch lowered WikiText-2 perplexity 50.81 → 49.28 at 50% and 89.44 → 85.00 at
+            2:4 on the CPU (three seeds) and cost about 6.6 s per block on one CPU thread,
+            2.5–3× SparseGPT's time (docs/pruning.md, "Block tuning"); on an H200 it cost
+            1.5–1.6× SparseGPT's time, and at 70% it did not lower WikiText-2 on the CPU.
         tune_lr: Adam's step size for the tuning; the default 3e-4 was the best of 3e-5 to
             3e-3 on SmolLM2-135M's blocks 0–5 at 50% (at 70%, 1e-4 was 0.9 lower on
             WikiText-2 and 2.4 higher on the held-out text).
@@ -216,7 +227,7 @@ class PruneConfig:
     owl_threshold: float = 5.0
     max_deviation: float = 0.08
     owl_windows: int | None = OWL_WINDOWS
-    tune_epochs: int = 0
+    tune_epochs: int | str = "auto"
     tune_lr: float = 3e-4
     tune_micro_batch: int = 1
     tune_windows: int | None = None
@@ -265,16 +276,17 @@ class PruneConfig:
             set_(self, "save_problems", str(self.save_problems))
         _one_of("bos", self.bos, BOS_CHOICES)
         self._check_allocation()
-        if not _is_int(self.tune_epochs) or self.tune_epochs < 0:
-            raise ValueError(f"tune_epochs must be an int >= 0, got {self.tune_epochs!r}")
+        if self.tune_epochs != "auto" and (not _is_int(self.tune_epochs) or self.tune_epochs < 0):
+            raise ValueError(f"tune_epochs must be an int >= 0 or 'auto', got {self.tune_epochs!r}")
         if isinstance(self.tune_lr, bool) or not isinstance(self.tune_lr, (int, float)) or not self.tune_lr > 0:
             raise ValueError(f"tune_lr must be a number > 0, got {self.tune_lr!r}")
         object.__setattr__(self, "tune_lr", float(self.tune_lr))
         if not _is_int(self.tune_micro_batch) or self.tune_micro_batch < 1:
             raise ValueError(f"tune_micro_batch must be a positive int, got {self.tune_micro_batch!r}")
-        if self.tune_epochs and not self.error_correction:
+        explicit_tuning = self.tune_epochs != "auto" and self.tune_epochs > 0
+        if explicit_tuning and not self.error_correction:
             raise ValueError("tune_epochs needs error_correction=True (the dense block's copy gives the targets)")
-        if self.tune_epochs and self.block_inputs != "pruned":
+        if explicit_tuning and self.block_inputs != "pruned":
             raise ValueError(f"tune_epochs needs block_inputs='pruned', got {self.block_inputs!r}")
         set_(self, "tune_target", _one_of("tune_target", str(self.tune_target).lower(), TUNE_TARGETS))
         if not _is_int(self.tune_skip_groups) or self.tune_skip_groups < 0:
@@ -333,8 +345,8 @@ class PruneConfig:
             if not blocks or blocks[0] < 0:
                 raise ValueError(f"{name} must be a non-empty list of indices >= 0, got {value!r}")
             object.__setattr__(self, name, blocks)
-        if self.tune_blocks is not None and not self.tune_epochs:
-            raise ValueError(f"tune_blocks={list(self.tune_blocks)} needs tune_epochs >= 1")
+        if self.tune_blocks is not None and (self.tune_epochs == "auto" or not self.tune_epochs):
+            raise ValueError(f"tune_blocks={list(self.tune_blocks)} needs tune_epochs >= 1, got {self.tune_epochs!r}")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -398,6 +410,19 @@ class PruneConfig:
         if self.warm_start == "auto":
             return replace(self, warm_start=AUTO_WARM_START)
         return self
+
+    def for_device(self, device: torch.device | str, *, distributed: bool = False) -> "PruneConfig":
+        """This config with ``tune_epochs="auto"`` resolved for blocks that run on ``device``
+        (in several processes when ``distributed``): :data:`AUTO_TUNE_EPOCHS` where the
+        tuning was measured inside 2× SparseGPT's prune time and lowered perplexity (solver
+        methods on a CUDA device, one process, 50% or less unstructured sparsity or N:M,
+        error correction with pruned block inputs), else 0."""
+        if self.tune_epochs != "auto":
+            return self
+        tunes = (not self.is_baseline and torch.device(device).type == "cuda" and not distributed
+                 and not self.pattern_spec.unstructured_above_half and self.error_correction
+                 and self.block_inputs == "pruned")
+        return replace(self, tune_epochs=AUTO_TUNE_EPOCHS if tunes else 0)
 
     def search_precision(self, device: torch.device | str) -> str | None:
         """What the layer's ``precision`` resolves to for the ℓ1 solver on the device the layer
@@ -465,6 +490,8 @@ class PruneConfig:
 
     def tunes(self, index: int) -> bool:
         """Whether block ``index``, once pruned, is tuned (``tune_epochs``, ``tune_blocks``)."""
+        if self.tune_epochs == "auto":
+            raise ValueError("tune_epochs='auto' is resolved by for_device before blocks are pruned")
         return self.tune_epochs > 0 and (self.tune_blocks is None or index in self.tune_blocks)
 
     def check_seqlen(self, seqlen: int) -> None:

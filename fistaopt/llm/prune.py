@@ -129,6 +129,7 @@ def run_block_loop(
     selected = config.check_blocks(len(blocks))
     config.check_widths({f"block {i} {name}": d for i in selected for name, d in operator_widths(blocks[i]).items()})
     exec_device = torch.device(device) if device is not None else next(model.parameters()).device
+    config = config.for_device(exec_device, distributed=comm.distributed)
     if config.tune_epochs and comm.distributed:
         raise ValueError("tune_epochs needs a single process (the tuning steps are not shared between ranks)")
     by_blocks = _parallel_blocks(parallel, config, checkpoint_dir) and comm.distributed
