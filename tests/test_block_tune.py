@@ -76,6 +76,43 @@ def test_tuning_keeps_the_masks_and_lowers_the_block_error(arch):
         torch.testing.assert_close(t, o)
 
 
+def test_bf16_tuning_keeps_float32_weights_and_masks_and_checks_the_error_in_float32():
+    """Under bfloat16 autocast the weights stay float32 and masked, the error goes down, and the
+    record's errors and the returned outputs are those of the block run in float32."""
+    block, dense, calls, hidden = _pruned_first_block("llama")
+    zeros = {n: m.weight == 0 for n, m in linear_modules(block).items()}
+    before = _outputs(block, calls, hidden)
+    targets = _outputs(dense, calls, hidden)
+    tuned, record = tune_block(block, dense, calls, hidden, before, torch.device("cpu"), index=0, epochs=3,
+                               lr=1e-3, autocast=torch.bfloat16)
+    assert record.products == "bfloat16" and record.to_dict()["products"] == "bfloat16"
+    for n, m in linear_modules(block).items():
+        assert m.weight.dtype == torch.float32
+        assert bool((m.weight[zeros[n]] == 0).all()), f"{n}: a pruned weight came back"
+    assert record.error_after < record.error_before
+    assert record.error_after == pytest.approx(_error(_outputs(block, calls, hidden), targets), rel=1e-5)
+    for t, o in zip(tuned, _outputs(block, calls, hidden)):
+        assert t.dtype == torch.float32
+        torch.testing.assert_close(t, o)
+    _, plain = tune_block(block, dense, calls, hidden, tuned, torch.device("cpu"), index=0, epochs=1, lr=1e-4)
+    assert plain.products == "float32"
+
+
+@pytest.mark.parametrize("precision, native, dtype, expected", [
+    ("auto", True, torch.float32, torch.bfloat16),  # AMX / AVX512-BF16 CPUs, CUDA from compute capability 8
+    ("auto", False, torch.float32, None),  # emulated bfloat16 products run slower than float32 ones
+    ("auto", True, torch.float64, None),  # a float64 model keeps its precision
+    ("fp32", True, torch.float32, None),
+    ("bf16", False, torch.float32, torch.bfloat16),  # asked for: as given
+])
+def test_tune_precision_resolves_by_device_and_dtype(monkeypatch, precision, native, dtype, expected):
+    import fistaopt.llm.config as config_module
+
+    monkeypatch.setattr(config_module, "native_bf16", lambda device: native)
+    config = PruneConfig(tune_precision=precision.upper() if precision == "bf16" else precision)
+    assert config.tune_autocast("cpu", dtype) == expected
+
+
 def test_tuning_that_does_not_help_is_undone():
     """A step size that blows the error up restores the weights and returns the outputs it got."""
     block, dense, calls, hidden = _pruned_first_block("llama")
@@ -125,6 +162,7 @@ def test_prune_with_tuning_keeps_the_exact_pattern_and_lowers_the_error(arch):
     ({"tune_epochs": 1, "error_correction": False}, "tune_epochs needs error_correction=True"),
     ({"tune_epochs": 1, "block_inputs": "dense"}, "tune_epochs needs block_inputs='pruned'"),
     ({"tune_target": "dense"}, "tune_target must be one of block, model"),
+    ({"tune_precision": "fp16"}, "tune_precision must be one of auto, fp32, bf16"),
     ({"tune_skip_groups": -1}, "tune_skip_groups must be an int >= 0"),
     ({"tune_skip_groups": True}, "tune_skip_groups must be an int >= 0"),
     ({"tune_blocks": (0,)}, r"tune_blocks=\[0\] needs tune_epochs >= 1"),

@@ -272,9 +272,11 @@ def test_cuda_stepped_forwards_prune_like_recomputed_inputs(monkeypatch):
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_cuda_default_prune_tunes_the_blocks_and_keeps_the_pattern(pattern):
     """On a CUDA device the default ``tune_epochs="auto"`` tunes every block once (the
-    report says 1 and holds a record per block); the masks keep the exact pattern."""
+    report says 1 and holds a record per block), in bfloat16 products from compute capability
+    8 (``tune_precision="auto"``); the masks keep the exact pattern."""
     from fistaopt.llm import prune
     from fistaopt.llm.model import model_operators
+    from fistaopt.solvers.prox import native_bf16
     from llm_fixtures import calib, tiny_model
 
     model = tiny_model("llama")
@@ -282,6 +284,8 @@ def test_cuda_default_prune_tunes_the_blocks_and_keeps_the_pattern(pattern):
                    batch_size=2, progress=False, device="cuda")
     assert report.settings["tune_epochs"] == 1
     assert [t["block"] for t in report.tuning] == list(range(model.config.num_hidden_layers))
+    assert {t["products"] for t in report.tuning} == {"bfloat16" if native_bf16("cuda") else "float32"}
+    assert all(t["error_after"] <= t["error_before"] for t in report.tuning)
     for op in (op for gs in model_operators(model) for g in gs for op in g):
         w = op.get_weight()
         if pattern == "2:4":

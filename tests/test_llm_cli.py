@@ -196,9 +196,11 @@ def test_prune_tune_epochs_reach_the_report(tiny_folder, tmp_path, capsys):
     calib = write_text(tmp_path / "calib.txt")
     argv = ["prune", str(tiny_folder), "--method", "fista", "--nsamples", "2", "--seqlen", "16", "--calib", str(calib),
             "--eval-tokens", "0", "--no-progress", "--tune-epochs", "1", "--tune-lr", "1e-4", "--tune-windows", "1",
-            "--tune-target", "model", "--tune-skip-groups", "1", "--out", str(tmp_path / "o")]
+            "--tune-target", "model", "--tune-skip-groups", "1", "--tune-precision", "bf16", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["settings"]["tune_precision"] == "bf16"
+    assert {t["products"] for t in report["tuning"]} == {"bfloat16"}
     assert report["settings"]["tune_epochs"] == 1 and report["settings"]["tune_windows"] == 1
     assert report["settings"]["tune_target"] == "model" and report["settings"]["tune_skip_groups"] == 1
     assert [t["block"] for t in report["tuning"]] == list(range(report["settings"]["n_blocks"]))

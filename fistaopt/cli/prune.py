@@ -38,7 +38,7 @@ EPILOG = """examples:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from fistaopt.layer.options import LAYER_PRECISIONS, ROUND_KINDS
-    from fistaopt.llm.config import ALLOCATION_CHOICES, TUNE_TARGETS, WARM_STARTS, PruneConfig
+    from fistaopt.llm.config import ALLOCATION_CHOICES, TUNE_PRECISIONS, TUNE_TARGETS, WARM_STARTS, PruneConfig
     from fistaopt.llm.loading import SAVE_DTYPES
     from fistaopt.llm.methods import available_methods
     from fistaopt.llm.streams import BLOCK_INPUT_MODES
@@ -90,6 +90,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tune-target", choices=TUNE_TARGETS, default=d.tune_target,
                    help="what --tune-epochs pulls a block's output toward: the dense block's output on the same input "
                         "(block, default) or the dense model's hidden states there (model)")
+    p.add_argument("--tune-precision", choices=TUNE_PRECISIONS, default=d.tune_precision,
+                   help="the products of --tune-epochs' forward and backward passes: fp32, bf16 (autocast; weights and "
+                        "Adam stay float32) or auto (default: bf16 where the device multiplies bfloat16 natively)")
     p.add_argument("--tune-skip-groups", type=nonneg_int, default=d.tune_skip_groups,
                    help="the block's first operator groups that --tune-epochs leaves as pruned (1: q/k/v, so no "
                         "backward through attention; default 0)")
@@ -159,7 +162,8 @@ def plan(args: argparse.Namespace) -> PrunePlan:
                              bos=args.bos, allocation=args.allocation, owl_threshold=args.owl_threshold,
                              owl_windows=args.owl_windows, max_deviation=args.max_deviation, cache_bytes=cache_bytes,
                              tune_epochs=args.tune_epochs, tune_lr=args.tune_lr, tune_windows=args.tune_windows,
-                             tune_target=args.tune_target, tune_skip_groups=args.tune_skip_groups,
+                             tune_target=args.tune_target, tune_precision=args.tune_precision,
+                             tune_skip_groups=args.tune_skip_groups,
                              tune_blocks=args.tune_blocks,
                              layer=LayerOptions(precision=args.precision, round_kind=args.round_kind))
     except ValueError as e:

@@ -120,7 +120,8 @@ def prune_block(
             tuned, record = tune_block(block, work.dense, calls, stream.hidden, before, device, targets,
                                        index=index, epochs=config.tune_epochs, lr=config.tune_lr,
                                        micro_batch=config.tune_micro_batch, windows=config.tune_windows,
-                                       operators=[op.name for g in groups[config.tune_skip_groups:] for op in g])
+                                       operators=[op.name for g in groups[config.tune_skip_groups:] for op in g],
+                                       autocast=config.tune_autocast(device, next(block.parameters()).dtype))
             stream.hidden = tuned
         elif not last:
             if carries_model:  # before the stream advances: the first pruned block reads the dense input from it

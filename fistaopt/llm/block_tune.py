@@ -11,13 +11,16 @@ batch ``b``, ``f(·; W₀)`` the dense block (the target) and ``M`` the masks of
 linear weights (zeros stay zeros).  Only the linear weights move (those of the operators
 named, e.g. all but the q/k/v group, whose gradients would need attention's backward);
 norms and biases keep their values.  Each batch is split into micro-batches of
-``micro_batch`` sequences, one Adam step each.  With ``tune_target="model"`` the target is
-the dense model's hidden state after the block, ``f(h_b; W₀)`` on the dense model's own
-input ``h_b``, so the block also works against the error that reaches it from earlier blocks.
+``micro_batch`` sequences, one Adam step each.  Under ``autocast``
+(``PruneConfig.tune_precision``) the training passes multiply in bfloat16 while the weights,
+Adam's moments and the loss stay float32.  With ``tune_target="model"`` the target is the
+dense model's hidden state after the block, ``f(h_b; W₀)`` on the dense model's own input
+``h_b``, so the block also works against the error that reaches it from earlier blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -35,17 +38,19 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TuneRecord:
     """What a block's tuning did: its relative output error on the calibration batches
-    before and after, the Adam steps taken and the seconds spent."""
+    before and after, the Adam steps taken, the seconds spent and the dtype of the training
+    passes' products (``"bfloat16"`` under autocast, else the block's dtype)."""
 
     block: int
     error_before: float
     error_after: float
     steps: int
     seconds: float
+    products: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {"block": self.block, "error_before": self.error_before, "error_after": self.error_after,
-                "steps": self.steps, "seconds": self.seconds}
+                "steps": self.steps, "seconds": self.seconds, "products": self.products}
 
 
 def _split(value: Any, n: int, start: int, stop: int) -> Any:
@@ -68,8 +73,20 @@ def _micro_calls(call: BlockCall, hidden: torch.Tensor, size: int) -> list[tuple
 
 
 def _sq(a: torch.Tensor, b: torch.Tensor | None = None) -> float:
-    d = a.float() if b is None else a.float() - b.float()
+    """``‖a‖²`` or ``‖a − b‖²``, in float32 on ``a``'s device."""
+    d = a.float() if b is None else a.float() - b.to(a.device).float()
     return float(d.pow(2).sum())
+
+
+def _error_sums(outputs: list[torch.Tensor], targets: list[torch.Tensor], device: torch.device) -> tuple[float, float]:
+    """``(Σ_b ‖t_b‖², Σ_b ‖o_b − t_b‖²)``, one batch at a time on ``device`` (a GPU sums there
+    what the host would sum on one core)."""
+    den = err = 0.0
+    for o, t in zip(outputs, targets):
+        t = t.to(device)
+        den += _sq(t)
+        err += _sq(o.to(device), t)
+    return den, err
 
 
 def _fused_adam(weights: list[torch.Tensor]) -> bool:
@@ -80,18 +97,25 @@ def _fused_adam(weights: list[torch.Tensor]) -> bool:
                for w in weights)
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidden: list[torch.Tensor],
                outputs: list[torch.Tensor], device: torch.device, targets: list[torch.Tensor | None] | None = None,
                *, index: int, epochs: int, lr: float,
                micro_batch: int = 1, windows: int | None = None,
-               operators: Sequence[str] | None = None) -> tuple[list[torch.Tensor], TuneRecord]:
+               operators: Sequence[str] | None = None,
+               autocast: torch.dtype | None = None) -> tuple[list[torch.Tensor], TuneRecord]:
     """Tune ``block``'s kept linear weights in place toward ``dense``'s outputs (module docstring).
 
     ``hidden[b]`` is batch ``b``'s input ``(batch, seqlen, d)``, ``calls[b]`` its call
     arguments and ``outputs[b]`` the pruned block's output before tuning (on the CPU);
     ``targets[b]`` the dense block's output where the caller has it already (None: computed),
     or any other target of the same shape (the dense model's hidden states, ``tune_target="model"``).
-    ``operators`` names the linear modules that move (None: every one).
+    ``operators`` names the linear modules that move (None: every one).  ``autocast``: the
+    dtype of the training passes' products under ``torch.autocast`` (None: the block's own);
+    the error check before and after, and the returned outputs, use the block's dtype.
     Returns the block's outputs after tuning, or ``outputs`` with the weights restored where
     tuning did not lower the calibration error.
     """
@@ -103,8 +127,8 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     weights = [m.weight for name, m in linear_modules(block).items() if operators is None or name in operators]
     masks = [(w != 0).to(w.dtype) for w in weights]
     saved = [w.detach().clone() for w in weights]
-    den = sum(_sq(t) for t in targets)
-    before = sum(_sq(o, t) for o, t in zip(outputs, targets)) / den
+    den, before_sum = _error_sums(outputs, targets, device)
+    before = before_sum / den
     flags = {id(p): p.requires_grad for p in block.parameters()}
     for p in block.parameters():
         p.requires_grad_(False)
@@ -122,7 +146,8 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
                         if windows is not None and seen >= windows:
                             break
                         seen += rows.stop - rows.start
-                        out = block_output(mcall.run(block, h[rows].to(device), device))
+                        with _autocast(device, autocast):
+                            out = block_output(mcall.run(block, h[rows].to(device), device))
                         loss = (out.float() - t[rows].to(device).float()).pow(2).mean() / scale
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -136,15 +161,20 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
             w.requires_grad_(False)
         for p in block.parameters():
             p.requires_grad_(flags[id(p)])
+    tuned, after_sum = [], 0.0
     with torch.no_grad():
-        tuned = [block_output(c.run(block, h.to(device), device)).detach().cpu() for c, h in zip(calls, hidden)]
-    after = sum(_sq(o, t) for o, t in zip(tuned, targets)) / den
+        for c, h, t in zip(calls, hidden, targets):
+            out = block_output(c.run(block, h.to(device), device))
+            after_sum += _sq(out, t)
+            tuned.append(out.detach().cpu())
+    after = after_sum / den
     if not after < before:
         with torch.no_grad():
             for w, s in zip(weights, saved):
                 w.copy_(s)
         tuned, after = outputs, before
-    record = TuneRecord(index, before, after, steps, time.perf_counter() - t0)
-    logger.info("block %d tuned: output error %.5f -> %.5f (%d steps, %.1f s)", index, before, after, steps,
-                record.seconds)
+    products = str(autocast if autocast is not None else weights[0].dtype).removeprefix("torch.")
+    record = TuneRecord(index, before, after, steps, time.perf_counter() - t0, products)
+    logger.info("block %d tuned: output error %.5f -> %.5f (%d steps, %s products, %.1f s)", index, before, after,
+                steps, products, record.seconds)
     return tuned, record

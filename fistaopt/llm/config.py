@@ -28,12 +28,15 @@ from fistaopt.llm.data import BOS_CHOICES
 from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
 from fistaopt.llm.streams import BLOCK_INPUT_MODES
 from fistaopt.problems.lasso import RIDGES
+from fistaopt.solvers.prox import native_bf16
 from fistaopt.sparsity import Pattern, parse_pattern
 
 WARM_STARTS = ("auto", "none", *BASELINES)
 BASELINE_TARGETS = ("dense", "least-squares")
 #: :attr:`PruneConfig.tune_target` choices (:mod:`fistaopt.llm.block_tune`).
 TUNE_TARGETS = ("block", "model")
+#: :attr:`PruneConfig.tune_precision` choices: the products of the tuning's forward and backward passes.
+TUNE_PRECISIONS = ("auto", "fp32", "bf16")
 STATS_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_SPARSITY = 0.5
 #: The damping when none is given: SparseGPT's own for the baselines; for solver methods
@@ -48,7 +51,10 @@ DEFAULT_DAMP = {"baseline": 0.01, "solver": 0.1, "solver_sparse": 0.03}
 #: on one H200, SmolLM2-135M, one epoch lowered WikiText-2 perplexity 48.38 → 47.32 at 50%
 #: (three seeds, lower with each) and 83.25 → 78.07 at 2:4 (seed 0), at 1.5-1.6x SparseGPT's
 #: prune time against 1.0-1.3x untuned; a second epoch gave 47.29 (docs/pruning.md,
-#: "Block tuning on a GPU").  On a CPU one epoch costs 2.5-3x SparseGPT's time.
+#: "Block tuning on a GPU").  With the CLI's 64 windows (float32 products) it cut SparseGPT's
+#: excess by 41.7% at 50% but took 2.04-2.35x SparseGPT's time, and 2.36x on a
+#: LLaMA-2-7B-shaped block ("Block tuning on a GPU, second pass"; bfloat16 products since).
+#: On a CPU one epoch costs 2.2-2.8x SparseGPT's time.
 AUTO_TUNE_EPOCHS = 1
 
 
@@ -186,7 +192,8 @@ class PruneConfig:
             one epoch lowered WikiText-2 perplexity 50.81 → 49.28 at 50% and 89.44 → 85.00 at
             2:4 on the CPU (three seeds) and cost about 6.6 s per block on one CPU thread,
             2.5–3× SparseGPT's time (docs/pruning.md, "Block tuning"); on an H200 it cost
-            1.5–1.6× SparseGPT's time, and at 70% it did not lower WikiText-2 on the CPU.
+            1.5–1.6× SparseGPT's time with 32 windows and 2.0–2.4× with 64 (float32
+            products), and at 70% it did not lower WikiText-2 on the CPU.
         tune_lr: Adam's step size for the tuning; the default 3e-4 was the best of 3e-5 to
             3e-3 on SmolLM2-135M's blocks 0–5 at 50% (at 70%, 1e-4 was 0.9 lower on
             WikiText-2 and 2.4 higher on the held-out text).
@@ -196,6 +203,13 @@ class PruneConfig:
             the dense block's output on the same (pruned-model) input; ``"model"`` the dense
             model's own hidden states after the block (the block also undoes the error that
             reaches it from earlier blocks; one more dense forward per block).
+        tune_precision: the products of the tuning's forward and backward passes: ``"fp32"``
+            (IEEE float32), ``"bf16"`` (``torch.autocast`` to bfloat16; the weights, Adam's
+            state and the loss stay float32), or ``"auto"`` (default): ``bf16`` for float32
+            blocks on a device that multiplies bfloat16 natively
+            (:func:`fistaopt.solvers.prox.native_bf16`), ``fp32`` elsewhere
+            (:meth:`tune_autocast`).  The before/after check of the block's output error, the
+            tuned block's outputs and the targets are computed in the block's own dtype.
         tune_skip_groups: the block's first operator groups (in forward order, e.g. ``1``:
             q/k/v) keep their pruned weights, so the backward pass stops before them
             (``1`` skips attention's backward on LLaMA-like blocks; ``2``: the MLP only).
@@ -233,6 +247,7 @@ class PruneConfig:
     tune_micro_batch: int = 1
     tune_windows: int | None = None
     tune_target: str = "block"
+    tune_precision: str = "auto"
     tune_skip_groups: int = 0
     tune_blocks: tuple[int, ...] | None = None
     layer: LayerOptions = field(default_factory=LayerOptions)
@@ -290,6 +305,7 @@ class PruneConfig:
         if explicit_tuning and self.block_inputs != "pruned":
             raise ValueError(f"tune_epochs needs block_inputs='pruned', got {self.block_inputs!r}")
         set_(self, "tune_target", _one_of("tune_target", str(self.tune_target).lower(), TUNE_TARGETS))
+        set_(self, "tune_precision", _one_of("tune_precision", str(self.tune_precision).lower(), TUNE_PRECISIONS))
         if not _is_int(self.tune_skip_groups) or self.tune_skip_groups < 0:
             raise ValueError(f"tune_skip_groups must be an int >= 0, got {self.tune_skip_groups!r}")
         if self.tune_windows is not None and (not _is_int(self.tune_windows) or self.tune_windows < 1):
@@ -424,6 +440,16 @@ class PruneConfig:
                  and not self.pattern_spec.unstructured_above_half and self.error_correction
                  and self.block_inputs == "pruned")
         return replace(self, tune_epochs=AUTO_TUNE_EPOCHS if tunes else 0)
+
+    def tune_autocast(self, device: torch.device | str, dtype: torch.dtype) -> torch.dtype | None:
+        """The dtype the block tuning's forward and backward products run in under
+        ``torch.autocast`` on ``device`` for a block of ``dtype`` (None: no autocast, the
+        block's own dtype); :attr:`tune_precision` resolved."""
+        if self.tune_precision == "fp32":
+            return None
+        if self.tune_precision == "bf16":
+            return torch.bfloat16
+        return torch.bfloat16 if dtype == torch.float32 and native_bf16(device) else None
 
     def search_precision(self, device: torch.device | str) -> str | None:
         """What the layer's ``precision`` resolves to for the ℓ1 solver on the device the layer
