@@ -106,9 +106,9 @@ def test_bf16_tuning_keeps_float32_weights_and_masks_and_checks_the_error_in_flo
     ("bf16", False, torch.float32, torch.bfloat16),  # asked for: as given
 ])
 def test_tune_precision_resolves_by_device_and_dtype(monkeypatch, precision, native, dtype, expected):
-    import fistaopt.llm.config as config_module
+    import fistaopt.layer.options as layer_options
 
-    monkeypatch.setattr(config_module, "native_bf16", lambda device: native)
+    monkeypatch.setattr(layer_options, "native_bf16", lambda device: native)
     config = PruneConfig(tune_precision=precision.upper() if precision == "bf16" else precision)
     assert config.tune_autocast("cpu", dtype) == expected
 

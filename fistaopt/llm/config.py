@@ -28,7 +28,6 @@ from fistaopt.llm.data import BOS_CHOICES
 from fistaopt.llm.methods import BASELINES, available_methods, is_baseline
 from fistaopt.llm.streams import BLOCK_INPUT_MODES
 from fistaopt.problems.lasso import RIDGES
-from fistaopt.solvers.prox import native_bf16
 from fistaopt.sparsity import Pattern, parse_pattern
 
 WARM_STARTS = ("auto", "none", *BASELINES)
@@ -444,12 +443,9 @@ class PruneConfig:
     def tune_autocast(self, device: torch.device | str, dtype: torch.dtype) -> torch.dtype | None:
         """The dtype the block tuning's forward and backward products run in under
         ``torch.autocast`` on ``device`` for a block of ``dtype`` (None: no autocast, the
-        block's own dtype); :attr:`tune_precision` resolved."""
-        if self.tune_precision == "fp32":
-            return None
-        if self.tune_precision == "bf16":
-            return torch.bfloat16
-        return torch.bfloat16 if dtype == torch.float32 and native_bf16(device) else None
+        block's own dtype): :attr:`tune_precision` resolved by the search's rule,
+        :func:`fistaopt.layer.options.resolve_precision`."""
+        return torch.bfloat16 if resolve_precision(self.tune_precision, device, dtype) == "bf16" else None
 
     def search_precision(self, device: torch.device | str) -> str | None:
         """What the layer's ``precision`` resolves to for the ℓ1 solver on the device the layer
