@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fistaopt.llm import PruneConfig, find_blocks, prune
-from fistaopt.llm.block_tune import _micro_calls, tune_block
+from fistaopt.llm.block_tune import _micro_calls, train_step, tune_block
 from fistaopt.llm.capture import block_output, capture_block_inputs, run_block
 from fistaopt.llm.model import linear_modules
 from llm_fixtures import ARCHS, Interrupt, calib, stop_after_block, tiny_model
@@ -74,6 +74,33 @@ def test_tuning_keeps_the_masks_and_lowers_the_block_error(arch):
     assert record.error_after == pytest.approx(_error(_outputs(block, calls, hidden), targets), rel=1e-5)
     for t, o in zip(tuned, _outputs(block, calls, hidden)):
         torch.testing.assert_close(t, o)
+
+
+def test_one_train_step_is_an_adam_step_on_the_kept_weights_that_lowers_the_loss():
+    """The step the tuning repeats: the micro-batch's loss falls, pruned entries stay zero, and
+    the kept weights move by Adam's first step, at most ``lr`` per entry."""
+    block, dense, calls, hidden = _pruned_first_block("llama")
+    cpu, lr = torch.device("cpu"), 1e-3
+    target = run_block(dense, calls[0], hidden[0], cpu)
+    weights = [m.weight for m in linear_modules(block).values()]
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for w in weights:
+        w.requires_grad_(True)
+    masks = [(w != 0).to(w.dtype) for w in weights]
+    start = [w.detach().clone() for w in weights]
+    loss_before = float((run_block(block, calls[0], hidden[0], cpu) - target).pow(2).mean())
+    opt = torch.optim.Adam(weights, lr=lr)
+    # scale: the loss divided by 1e-6, so that |grad| >> Adam's eps and the first step is lr itself
+    train_step(block, calls[0], hidden[0], target, opt, weights, masks, cpu, scale=1e-6)
+    with torch.no_grad():
+        loss_after = float((run_block(block, calls[0], hidden[0], cpu) - target).pow(2).mean())
+    assert loss_after < loss_before
+    for w, m, w0 in zip(weights, masks, start):
+        assert bool((w[m == 0] == 0).all()), "a pruned weight came back"
+        moved = (w - w0)[m == 1].abs()
+        assert float(moved.max()) == pytest.approx(lr, rel=1e-3)  # Adam's first step: lr · g / (|g| + eps)
+        assert float(moved.max()) <= lr * (1 + 1e-5)
 
 
 def test_bf16_tuning_keeps_float32_weights_and_masks_and_checks_the_error_in_float32():

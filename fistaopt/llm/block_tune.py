@@ -101,6 +101,26 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def train_step(block: nn.Module, call: BlockCall, hidden: torch.Tensor, target: torch.Tensor,
+               opt: torch.optim.Optimizer, weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+               device: torch.device, autocast: torch.dtype | None = None, scale: float = 1.0) -> None:
+    """One Adam step of the tuning on one micro-batch (``benchmarks/tune_step.py`` times it).
+
+    The block's forward on ``hidden (batch, seqlen, d)`` under ``autocast`` (None: the
+    block's dtype), the loss ``mean((out − target)²) / scale`` in float32, its backward, one
+    step of ``opt`` on ``weights`` and the product with ``masks``, so that pruned entries stay zero.
+    """
+    with _autocast(device, autocast):
+        out = block_output(call.run(block, hidden.to(device), device))
+    loss = (out.float() - target.to(device).float()).pow(2).mean() / scale
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        for w, m in zip(weights, masks):
+            w.mul_(m)
+
+
 def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidden: list[torch.Tensor],
                outputs: list[torch.Tensor], device: torch.device, targets: list[torch.Tensor | None] | None = None,
                *, index: int, epochs: int, lr: float,
@@ -146,15 +166,7 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
                         if windows is not None and seen >= windows:
                             break
                         seen += rows.stop - rows.start
-                        with _autocast(device, autocast):
-                            out = block_output(mcall.run(block, h[rows].to(device), device))
-                        loss = (out.float() - t[rows].to(device).float()).pow(2).mean() / scale
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        with torch.no_grad():
-                            for w, m in zip(weights, masks):
-                                w.mul_(m)
+                        train_step(block, mcall, h[rows], t[rows], opt, weights, masks, device, autocast, scale)
                         steps += 1
     finally:
         for w in weights:
