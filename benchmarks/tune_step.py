@@ -15,6 +15,9 @@ SparseGPT's per-window cost of a whole prune:
   step on the block's linear weights, the masks' product);
 - ``top_ops``: the torch operators with the most own time in ``--profile-steps`` bf16 steps.
 
+``--operators`` names the linear modules that train (default all), as ``tune_skip_groups``
+leaves the first groups out: without q/k/v nothing needs attention's backward.
+
     python benchmarks/tune_step.py --threads 1 --out docs/results/tune-step-smollm2-amx.json
 
 Run it alone on the machine: other processes on the cores change every figure.
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=8, help="timed calls per figure")
     ap.add_argument("--profile-steps", type=int, default=4, help="bf16 steps under torch.profiler")
     ap.add_argument("--top", type=int, default=12, help="operators listed")
+    ap.add_argument("--operators", default=None,
+                    help="comma-separated linear modules that train, e.g. 'mlp.down_proj,mlp.up_proj' (default: all)")
     ap.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.profile_steps < 0 or args.seqlen < 1 or args.threads < 1:
@@ -76,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     inputs = capture_block_inputs(model, [windows])
     hidden, call = inputs.hidden[0], inputs.calls[0][args.block]
     block = blocks[args.block]
-    weights = [m.weight for m in linear_modules(block).values()]
+    linears = linear_modules(block)
+    trained = list(linears) if args.operators is None else [n.strip() for n in args.operators.split(",") if n.strip()]
+    unknown = sorted(set(trained) - set(linears))
+    if unknown or not trained:
+        ap.error(f"--operators must name linear modules of block {args.block} ({', '.join(linears)}); "
+                 f"got {unknown or 'none'}")
+    weights = [linears[n].weight for n in trained]
     for p in block.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -97,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/tune_step.py", *(argv if argv is not None else sys.argv[1:])]),
         "model": args.model or "SmolLM2-135M-Instruct (default)", "block": args.block, "seqlen": args.seqlen,
-        "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "trained": trained, "threads": args.threads, "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
         "ms_per_window": {
             "forward_fp32": per_call_ms(lambda: forward(False), args.repeats),

@@ -53,7 +53,8 @@ DEFAULT_DAMP = {"baseline": 0.01, "solver": 0.1, "solver_sparse": 0.03}
 #: "Block tuning on a GPU").  With the CLI's 64 windows (float32 products) it cut SparseGPT's
 #: excess by 41.7% at 50% but took 2.04-2.35x SparseGPT's time, and 2.36x on a
 #: LLaMA-2-7B-shaped block ("Block tuning on a GPU, second pass"; bfloat16 products since).
-#: On a CPU one epoch costs 2.2-2.8x SparseGPT's time.
+#: On a CPU the tuned prune took 2.2-2.9x SparseGPT's time: an epoch costs about a SparseGPT prune
+#: there (benchmarks/tune_step.py; docs/pruning.md, "Block tuning on a CPU").
 AUTO_TUNE_EPOCHS = 1
 
 
