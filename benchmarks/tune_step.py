@@ -1,4 +1,4 @@
-"""Where one step of the block tuning goes: milliseconds per calibration window; prints JSON.
+"""Where one step of the block tuning goes on the CPU: milliseconds per calibration window; prints JSON.
 
 The block tuning (:mod:`fistaopt.llm.block_tune`) costs, per window and pruned block, one
 training step (forward and backward under the tuning's products, then Adam) and one forward
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     hidden, call = inputs.hidden[0], inputs.calls[0][args.block]
     block = blocks[args.block]
     linears = linear_modules(block)
-    trained = list(linears) if args.operators is None else [n.strip() for n in args.operators.split(",") if n.strip()]
+    named = [] if args.operators is None else [n.strip() for n in args.operators.split(",") if n.strip()]
+    trained = list(linears) if args.operators is None else list(dict.fromkeys(named))  # each weight once for Adam
     unknown = sorted(set(trained) - set(linears))
     if unknown or not trained:
         ap.error(f"--operators must name linear modules of block {args.block} ({', '.join(linears)}); "
