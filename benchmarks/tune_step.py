@@ -16,7 +16,10 @@ SparseGPT's per-window cost of a whole prune:
 - ``top_ops``: the torch operators with the most own time in ``--profile-steps`` bf16 steps.
 
 ``--operators`` names the linear modules that train (default all), as ``tune_skip_groups``
-leaves the first groups out: without q/k/v nothing needs attention's backward.
+leaves the first groups out: without q/k/v nothing needs attention's backward.  Where they
+all lie in one submodule (``mlp.*``: ``tune_skip_groups=2``), ``held`` also times what the
+tuning runs there instead (the held inputs of :mod:`fistaopt.llm.block_tune`): that module's
+forwards and its training step on its own input, toward the block's target less the rest.
 
     python benchmarks/tune_step.py --threads 1 --out docs/results/tune-step-smollm2-amx.json
 
@@ -40,8 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fistaopt import _io, llm  # noqa: E402
-from fistaopt.llm.block_tune import train_step  # noqa: E402
-from fistaopt.llm.capture import block_output, capture_block_inputs  # noqa: E402
+from fistaopt.llm.block_tune import enclosing_module, train_step  # noqa: E402
+from fistaopt.llm.capture import BlockCall, block_output, capture_block_inputs, input_of  # noqa: E402
 from fistaopt.llm.model import find_blocks, linear_modules  # noqa: E402
 
 
@@ -119,6 +122,28 @@ def main(argv: list[str] | None = None) -> int:
             "train_step_bf16": per_call_ms(lambda: step(True), args.repeats),
         },
     }
+    held = enclosing_module(trained)
+    if held is not None:
+        module = block.get_submodule(held)
+        with torch.no_grad():
+            z = input_of(block, module, call, hidden)
+            rest = target - module(z).reshape(target.shape)
+            held_target = (target - rest).reshape(*z.shape[:-1], -1)
+        no_args = BlockCall((), {})
+
+        def held_forward(autocast: bool) -> None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                module(z)
+
+        def held_step(autocast: bool) -> None:
+            train_step(module, no_args, z, held_target, opt, weights, masks, cpu, torch.bfloat16 if autocast else None)
+
+        result["held"] = {"module": held, "ms_per_window": {
+            "forward_fp32": per_call_ms(lambda: held_forward(False), args.repeats),
+            "forward_bf16": per_call_ms(lambda: held_forward(True), args.repeats),
+            "train_step_fp32": per_call_ms(lambda: held_step(False), args.repeats),
+            "train_step_bf16": per_call_ms(lambda: held_step(True), args.repeats),
+        }}
     if args.profile_steps:
         from torch.profiler import ProfilerActivity, profile
 

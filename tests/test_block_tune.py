@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fistaopt.llm import PruneConfig, find_blocks, prune
-from fistaopt.llm.block_tune import _micro_calls, train_step, tune_block
+from fistaopt.llm.block_tune import _micro_calls, enclosing_module, train_step, tune_block
 from fistaopt.llm.capture import block_output, capture_block_inputs, run_block
 from fistaopt.llm.model import linear_modules
 from llm_fixtures import ARCHS, Interrupt, calib, stop_after_block, tiny_model
@@ -190,8 +190,9 @@ def test_prune_with_tuning_keeps_the_exact_pattern_and_lowers_the_error(arch):
     ({"tune_epochs": 1, "block_inputs": "dense"}, "tune_epochs needs block_inputs='pruned'"),
     ({"tune_target": "dense"}, "tune_target must be one of block, model"),
     ({"tune_precision": "fp16"}, "tune_precision must be one of auto, fp32, bf16"),
-    ({"tune_skip_groups": -1}, "tune_skip_groups must be an int >= 0"),
-    ({"tune_skip_groups": True}, "tune_skip_groups must be an int >= 0"),
+    ({"tune_skip_groups": -1}, "tune_skip_groups must be an int >= 0 or 'auto'"),
+    ({"tune_skip_groups": True}, "tune_skip_groups must be an int >= 0 or 'auto'"),
+    ({"tune_lr": "fast"}, "tune_lr must be a number > 0 or 'auto'"),
     ({"tune_blocks": (0,)}, r"tune_blocks=\[0\] needs tune_epochs >= 1"),
     ({"tune_epochs": 1, "tune_blocks": ()}, "tune_blocks must be a non-empty list of indices >= 0"),
     ({"tune_epochs": 1, "tune_blocks": "0-x"}, "tune_blocks must be a list of block indices"),
@@ -227,6 +228,82 @@ def test_only_the_named_operators_move():
     assert record.error_after < record.error_before
     for n, m in linear_modules(block).items():
         assert torch.equal(m.weight, weights[n]) == (n not in moving), n
+
+
+def test_the_enclosing_module_of_the_tuned_operators():
+    assert enclosing_module(["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]) == "mlp"
+    assert enclosing_module(["mlp.experts.0.w1", "mlp.experts.1.w1"]) == "mlp.experts"
+    assert enclosing_module(["mlp.down_proj"]) == "mlp.down_proj"
+    assert enclosing_module(["self_attn.o_proj", "mlp.gate_proj"]) is None  # only the block holds both
+    assert enclosing_module(["fc1", "fc2"]) is None  # OPT: the MLP's operators sit in the block itself
+    assert enclosing_module([]) is None
+
+
+#: what ``tune_skip_groups=2`` trains on held inputs: the MLP module, where its output adds to the
+#: block's (not Gemma3's, behind a post-feed-forward norm) and there is one (not OPT's fc1/fc2)
+HELD = {"llama": "mlp", "opt": None, "gpt2": "mlp", "gemma3": None, "qwen2": "mlp"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_mlp_tuned_on_its_held_inputs_is_the_mlp_tuned_in_the_block(arch, monkeypatch):
+    """``tune_skip_groups=2``: where the MLP's input is its first operator's and its output adds
+    to the block's, the tuning trains the MLP alone on the pruned forwards' inputs; in float32
+    products the tuned weights and errors are those of the tuning through the whole block
+    (the held path turned off), and the pattern is exact."""
+    from fistaopt.llm import streams
+
+    ids = calib(nsamples=4, seqlen=16)
+    kw = dict(method="fista", sparsity=0.5, blocks=(0,), progress=False, tune_epochs=2, tune_lr=1e-3,
+              tune_skip_groups=2, tune_precision="fp32")
+    held, whole = tiny_model(arch), tiny_model(arch)
+    r_held = prune(held, ids, **kw)
+    monkeypatch.setattr(streams.PrunedStream, "holds_tuned_input", lambda *a, **k: False)
+    r_whole = prune(whole, ids, **kw)
+    assert r_held.tuning[0]["held"] == HELD[arch]
+    assert r_whole.tuning[0]["held"] is None
+    for key in ("error_before", "error_after"):
+        assert r_held.tuning[0][key] == pytest.approx(r_whole.tuning[0][key], rel=1e-4), key
+    a, b = (linear_modules(find_blocks(m)[1][0]) for m in (held, whole))
+    for n in a:
+        torch.testing.assert_close(a[n].weight, b[n].weight, rtol=0, atol=5e-5, msg=n)
+        w = a[n].weight.T if type(a[n]).__name__ == "Conv1D" else a[n].weight
+        assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all()), n
+
+
+def test_held_inputs_in_bfloat16_products_keep_float32_weights_and_lower_the_error():
+    """The held path under ``tune_precision="bf16"``: float32 weights, masks kept, and the
+    block's output error lower after tuning."""
+    model = tiny_model("llama")
+    report = prune(model, calib(nsamples=4, seqlen=16), method="fista", sparsity=0.5, blocks=(0,), progress=False,
+                   tune_epochs=2, tune_lr=1e-3, tune_skip_groups=2, tune_precision="bf16")
+    record = report.tuning[0]
+    assert record["held"] == "mlp" and record["products"] == "bfloat16"
+    assert record["error_after"] < record["error_before"]
+    for n, m in linear_modules(find_blocks(model)[1][0]).items():
+        assert m.weight.dtype == torch.float32
+        assert bool(((m.weight == 0).sum(dim=1) == m.weight.shape[1] // 2).all()), n
+
+
+@pytest.mark.parametrize("precision, rtol", [("fp32", 1e-6), ("bf16", 2e-3)])
+def test_the_held_inputs_outputs_are_a_forward_of_the_tuned_block(precision, rtol):
+    """What the held path hands the next block, ``r + M(z)``, is a forward of the tuned block:
+    to float32 rounding with float32 products; with bfloat16 products the MLP's output carries
+    their rounding (the norm of the difference within ``rtol`` of the output's)."""
+    from fistaopt.llm.block import prune_block
+    from fistaopt.llm.streams import make_stream
+
+    model = tiny_model("llama")
+    inputs = capture_block_inputs(model, calib(nsamples=4, seqlen=16).split(2))
+    block, calls = find_blocks(model)[1][0], [c[0] for c in inputs.calls]
+    stream = make_stream("pruned", list(inputs.hidden))
+    config = PruneConfig(sparsity=0.5, tune_epochs=2, tune_lr=1e-3, tune_skip_groups=2,
+                         tune_precision=precision).for_model("llama")
+    record = prune_block(block, 0, calls, stream, config, device=torch.device("cpu"), last=False,
+                         on_operator=lambda r: None)
+    assert record is not None and record.held == "mlp" and record.error_after < record.error_before
+    for c, h, o in zip(calls, inputs.hidden, stream.hidden):
+        ref = run_block(block, c, h, torch.device("cpu"))
+        assert float((o - ref).norm() / ref.norm()) <= rtol
 
 
 def _first_group(model, ids):
@@ -348,7 +425,7 @@ def test_only_the_named_blocks_are_tuned(arch):
     # l0-ADMM rounds' it found no lower error on llama and gpt2 and kept the weights it was given)
     kw = dict(method="fista", sparsity=0.5, progress=False, round_kind="l1")
     untuned, tuned = tiny_model(arch), tiny_model(arch)
-    prune(untuned, ids, **kw)
+    prune(untuned, ids, tune_epochs=0, **kw)
     report = prune(tuned, ids, tune_epochs=3, tune_lr=3e-4, tune_blocks=(1,), **kw)
     assert [t["block"] for t in report.tuning] == [1] and list(report.settings["tune_blocks"]) == [1]
     assert report.tuning[0]["error_after"] < report.tuning[0]["error_before"]
@@ -410,20 +487,28 @@ def test_tune_blocks_must_be_pruned_blocks():
     ({}, "cuda", False, 1),  # fista at 50% on a GPU: tuned
     ({"pattern": "2:4"}, "cuda:0", False, 1),
     ({"sparsity": 0.4}, "cuda", False, 1),
-    ({}, "cpu", False, 0),  # over the 2x budget on a CPU
+    ({}, "cpu", False, 1),  # a CPU with native bfloat16 products: the MLP, inside 2x
+    ({"pattern": "2:4"}, "cpu", False, 1),
+    ({"tune_precision": "fp32"}, "cpu", False, 0),  # float32 products: over the 2x budget
     ({}, "cuda", True, 0),  # the tuning runs in one process
+    ({}, "cpu", True, 0),
     ({"sparsity": 0.7}, "cuda", False, 0),  # no WikiText-2 gain measured above 50%
+    ({"sparsity": 0.7}, "cpu", False, 0),
     ({"method": "sparsegpt"}, "cuda", False, 0),  # baselines stay the published algorithms
+    ({"method": "wanda"}, "cpu", False, 0),
     ({"error_correction": False}, "cuda", False, 0),
     ({"block_inputs": "dense"}, "cuda", False, 0),
     ({"tune_epochs": 0}, "cuda", False, 0),  # an explicit value is kept, on any device
     ({"tune_epochs": 2}, "cpu", False, 2),
 ])
-def test_auto_tune_epochs_resolves_by_device_method_and_pattern(kwargs, device, distributed, epochs):
+def test_auto_tune_epochs_resolves_by_device_method_and_pattern(kwargs, device, distributed, epochs, monkeypatch):
     """``tune_epochs="auto"`` (the default) tunes where it was measured inside 2x SparseGPT's
-    time: solver methods on a CUDA device, one process, <= 50% unstructured or N:M."""
+    time: solver methods in one process at <= 50% unstructured or N:M, on a CUDA device or a
+    CPU whose tuning products run in bfloat16 (here: one that is said to multiply it natively)."""
+    import fistaopt.layer.options as layer_options
     from fistaopt.llm.config import AUTO_TUNE_EPOCHS
 
+    monkeypatch.setattr(layer_options, "native_bf16", lambda device: True)
     config = PruneConfig.build(None, **{"method": "fista", "sparsity": 0.5, **kwargs})
     assert PruneConfig().tune_epochs == "auto" and AUTO_TUNE_EPOCHS == 1
     resolved = config.for_device(torch.device(device), distributed=distributed)
@@ -433,8 +518,12 @@ def test_auto_tune_epochs_resolves_by_device_method_and_pattern(kwargs, device, 
         PruneConfig().tunes(0)
 
 
-def test_auto_tune_epochs_on_the_cpu_prunes_untuned_and_reports_the_value_used():
-    """On the CPU the default prune is the untuned one, bit for bit, and its report says 0."""
+def test_auto_tune_epochs_on_a_cpu_without_bfloat16_prunes_untuned_and_reports_the_value_used(monkeypatch):
+    """On a CPU without native bfloat16 products the default prune is the untuned one, bit for
+    bit, and its report says 0."""
+    import fistaopt.layer.options as layer_options
+
+    monkeypatch.setattr(layer_options, "native_bf16", lambda device: False)
     ids = calib(nsamples=4, seqlen=16)
     auto, untuned = tiny_model("llama"), tiny_model("llama")
     report = prune(auto, ids, method="fista", sparsity=0.5, progress=False)
@@ -442,6 +531,42 @@ def test_auto_tune_epochs_on_the_cpu_prunes_untuned_and_reports_the_value_used()
     assert report.settings["tune_epochs"] == 0 and report.tuning == []
     for a, b in zip(auto.parameters(), untuned.parameters()):
         assert torch.equal(a, b)
+
+
+def test_auto_tuning_on_a_bfloat16_cpu_trains_the_mlp_on_its_held_inputs(monkeypatch):
+    """On a CPU with native bfloat16 products the default prune tunes one epoch of each block's
+    MLP (the last two groups) on its held inputs at step 1e-3: attention keeps the untuned
+    prune's weights, the MLP moves, and the report records what ran."""
+    import fistaopt.layer.options as layer_options
+
+    monkeypatch.setattr(layer_options, "native_bf16", lambda device: True)
+    ids = calib(nsamples=4, seqlen=16)
+    auto, untuned = tiny_model("llama"), tiny_model("llama")
+    report = prune(auto, ids, method="fista", sparsity=0.5, progress=False)
+    prune(untuned, ids, method="fista", sparsity=0.5, tune_epochs=0, progress=False)
+    assert report.settings["tune_epochs"] == 1
+    assert report.settings["tune_skip_groups"] == "auto" and report.settings["tune_lr"] == "auto"
+    blocks = find_blocks(auto)[1]
+    assert [(t["held"], t["lr"], t["products"]) for t in report.tuning] == [("mlp", 1e-3, "bfloat16")] * len(blocks)
+    a, b = (linear_modules(find_blocks(m)[1][0]) for m in (auto, untuned))
+    assert all(torch.equal(a[n].weight, b[n].weight) == (not n.startswith("mlp.")) for n in a if
+               report.tuning[0]["error_after"] < report.tuning[0]["error_before"])
+
+
+@pytest.mark.parametrize("device, n_groups, skip, expected_skip, lr, expected_lr", [
+    ("cuda", 4, "auto", 0, "auto", 3e-4),  # the whole block on a GPU
+    ("cpu", 4, "auto", 2, "auto", 1e-3),  # the MLP (gate/up, down) on a CPU
+    ("cpu", 2, "auto", 0, "auto", 1e-3),  # a block of two groups trains whole: its "MLP" is all of it
+    ("cpu", 4, 1, 1, "auto", 3e-4),  # o_proj and the MLP: more than the MLP
+    ("cpu", 4, 0, 0, 5e-4, 5e-4),  # explicit values are kept
+    ("cuda", 4, 3, 3, "auto", 1e-3),
+])
+def test_auto_skipped_groups_and_step_size(device, n_groups, skip, expected_skip, lr, expected_lr):
+    config = PruneConfig(tune_skip_groups=skip, tune_lr=lr)
+    skipped = config.skipped_groups(device, n_groups)
+    assert skipped == expected_skip
+    assert config.step_size(n_groups, skipped) == expected_lr
+    assert PruneConfig().tune_skip_groups == "auto" and PruneConfig().tune_lr == "auto"
 
 
 def test_auto_tune_epochs_on_the_command_line():
@@ -453,5 +578,8 @@ def test_auto_tune_epochs_on_the_command_line():
     assert parse().tune_epochs == "auto"
     assert parse("--tune-epochs", "auto").tune_epochs == "auto"
     assert parse("--tune-epochs", "2").tune_epochs == 2
-    with pytest.raises(SystemExit):
-        parse("--tune-epochs", "some")
+    assert parse().tune_lr == "auto" and parse("--tune-lr", "2e-3").tune_lr == 2e-3
+    assert parse().tune_skip_groups == "auto" and parse("--tune-skip-groups", "1").tune_skip_groups == 1
+    for flag in ("--tune-epochs", "--tune-lr", "--tune-skip-groups"):
+        with pytest.raises(SystemExit):
+            parse(flag, "some")

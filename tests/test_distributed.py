@@ -37,7 +37,7 @@ CASES = {  # two model families; solver and baselines; patterns; modes
     "llama-fista-parallel-blocks": ("llama", dict(method="fista", block_inputs="dense", parallel="blocks")),
     "opt-sparsegpt-parallel-blocks": ("opt", dict(method="sparsegpt", block_inputs="dense", parallel="blocks")),
 }
-COMMON = dict(stats_dtype="float64", batch_size=2, progress=False)
+COMMON = dict(stats_dtype="float64", batch_size=2, progress=False, tune_epochs=0)  # the tuning runs in one process
 
 
 def _ids() -> torch.Tensor:

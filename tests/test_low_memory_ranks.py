@@ -28,7 +28,7 @@ from llm_fixtures import calib, char_tokenizer, tiny_model, write_text
 from test_distributed import WEIGHT_RTOL, _weights_agree, run_cli_three_ways
 from test_low_memory import N_BLOCKS, _tiny
 
-SETTINGS = dict(method="fista", stats_dtype="float64", batch_size=2, progress=False)
+SETTINGS = dict(method="fista", stats_dtype="float64", batch_size=2, progress=False, tune_epochs=0)  # one process tunes
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,8 @@ def _prunefirst_block(arch, residual_correction, pattern="unstructured", budget=
     block, _, calls, hidden = first_block(arch)
     dense = copy.deepcopy(block)
     stream = make_stream("pruned", list(hidden))
-    config = PruneConfig(sparsity=0.5, pattern=pattern, residual_correction=residual_correction).for_model(arch)
+    config = PruneConfig(sparsity=0.5, pattern=pattern, residual_correction=residual_correction,
+                         tune_epochs=0).for_model(arch)
     prune_block(block, 0, calls, stream, config, device=CPU, last=False, on_operator=lambda r: None)
     return block, dense, calls, hidden, stream.hidden
 

@@ -69,6 +69,11 @@ def auto_or_nonneg_int(text: str) -> int | str:
     return "auto" if text == "auto" else int_at_least(0, "'auto' or an integer >= 0")(text)
 
 
+def auto_or_number(text: str) -> float | str:
+    """argparse type: ``auto`` or a finite float."""
+    return "auto" if text == "auto" else number(text)
+
+
 def number(text: str) -> float:
     """argparse type: a finite float (ranges are checked where the setting is defined)."""
     try:

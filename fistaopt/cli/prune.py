@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fistaopt.cli.common import (
-    UsageError, add_model_arguments, auto_or_nonneg_int, block_list, nonneg_int, number, output_folder, positive_int, set_threads, table, versions,
+    UsageError, add_model_arguments, auto_or_nonneg_int, auto_or_number, block_list, nonneg_int, number, output_folder,
+    positive_int, set_threads, table, versions,
 )
 from fistaopt.cli.evaluate import evaluation_tokens, measure, resolve_bos
 from fistaopt.cli.preflight import load_model, model_shape, model_source, text_file
@@ -83,8 +84,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tune-epochs", type=auto_or_nonneg_int, default=d.tune_epochs,
                    help="after each block is pruned, passes of Adam over the calibration windows that tune its kept "
                         "weights toward the dense block's output (0: none; auto, default: 1 for solver methods on a "
-                        "CUDA device at <= 50%% unstructured sparsity or N:M, else 0; docs/pruning.md, block tuning)")
-    p.add_argument("--tune-lr", type=number, default=d.tune_lr, help=f"Adam's step size for --tune-epochs (default {d.tune_lr})")
+                        "CUDA device or a CPU with native bfloat16 products at <= 50%% unstructured sparsity or N:M, "
+                        "else 0; docs/pruning.md, block tuning)")
+    p.add_argument("--tune-lr", type=auto_or_number, default=d.tune_lr,
+                   help="Adam's step size for --tune-epochs (auto, default: 3e-4 where the whole block trains, "
+                        "1e-3 where only its MLP does)")
     p.add_argument("--tune-windows", type=positive_int, default=d.tune_windows,
                    help="calibration windows per tuning epoch (default: all)")
     p.add_argument("--tune-target", choices=TUNE_TARGETS, default=d.tune_target,
@@ -93,9 +97,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tune-precision", choices=TUNE_PRECISIONS, default=d.tune_precision,
                    help="the products of --tune-epochs' forward and backward passes: fp32, bf16 (autocast; weights and "
                         "Adam stay float32) or auto (default: bf16 where the device multiplies bfloat16 natively)")
-    p.add_argument("--tune-skip-groups", type=nonneg_int, default=d.tune_skip_groups,
+    p.add_argument("--tune-skip-groups", type=auto_or_nonneg_int, default=d.tune_skip_groups,
                    help="the block's first operator groups that --tune-epochs leaves as pruned (1: q/k/v, so no "
-                        "backward through attention; default 0)")
+                        "backward through attention; auto, default: none on a CUDA device, all but the last two "
+                        "(the MLP, trained on its own inputs) elsewhere)")
     p.add_argument("--tune-blocks", type=block_list, default=None,
                    help="the pruned blocks that --tune-epochs tunes, e.g. 0-9 (default: all; the first blocks gain "
                         "most per second)")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fistaopt.layer.l0_admm import shared_eigh
-from fistaopt.llm.block_tune import TuneRecord, tune_block
+from fistaopt.llm.block_tune import HeldInputs, TuneRecord, enclosing_module, tune_block
 from fistaopt.llm.capture import BlockCall, to_device
 from fistaopt.llm.config import PruneConfig
 from fistaopt.llm.distributed import SINGLE, Communicator, prune_weight_sharded
@@ -74,13 +74,21 @@ def prune_block(
         tune = config.tunes(index)
         # the dense model's hidden states, for a later block's tuning: carried from the first pruned block
         carries_model = config.tune_epochs > 0 and config.tune_target == "model" and not last
-        if tune and config.tune_skip_groups >= len(groups):
-            raise ValueError(f"tune_skip_groups={config.tune_skip_groups} leaves nothing to tune: block {index} has "
+        skipped = config.skipped_groups(device, len(groups))
+        if tune and skipped >= len(groups):
+            raise ValueError(f"tune_skip_groups={skipped} leaves nothing to tune: block {index} has "
                              f"{len(groups)} operator groups")
         work = BlockWork(block, calls, device, skip=config.skip_tokens, cache_bytes=config.cache_bytes)
         if tune or carries_model or stream.needs_dense_copy(config.error_correction, len(groups), last):
             work.dense = copy.deepcopy(block)
             work.keep_dense_outputs = tune and config.tune_target == "block"
+
+        held_name = None  # the tuned operators' submodule, trained alone on its kept inputs (block_tune)
+        if tune and config.error_correction and work.skip == 0:
+            first_tuned = groups[skipped].operators[0].name
+            name = enclosing_module([op.name for g in groups[skipped:] for op in g])
+            if name is not None and stream.holds_tuned_input(work, name, first_tuned, comm):
+                work.keep_inputs_of, held_name = first_tuned, name
 
         def new_acc(g: OperatorGroup, targets: bool = False) -> LayerStatsAccumulator:
             weights = [op.get_weight() for op in g] if targets else None
@@ -117,11 +125,16 @@ def prune_block(
                 targets = list(stream.dense_model_outputs(work.dense, calls, device))
             else:
                 targets = [work.dense_outputs.get(b) for b in range(len(calls))]
+            held = None
+            if held_name is not None and len(work.kept_inputs) == len(calls):
+                held = HeldInputs(held_name, block.get_submodule(held_name), work.kept_inputs)
             tuned, record = tune_block(block, work.dense, calls, stream.hidden, before, device, targets,
-                                       index=index, epochs=config.tune_epochs, lr=config.tune_lr,
+                                       index=index, epochs=config.tune_epochs,
+                                       lr=config.step_size(len(groups), skipped),
                                        micro_batch=config.tune_micro_batch, windows=config.tune_windows,
-                                       operators=[op.name for g in groups[config.tune_skip_groups:] for op in g],
-                                       autocast=config.tune_autocast(device, next(block.parameters()).dtype))
+                                       operators=[op.name for g in groups[skipped:] for op in g],
+                                       autocast=config.tune_autocast(device, next(block.parameters()).dtype),
+                                       held=held)
             stream.hidden = tuned
         elif not last:
             if carries_model:  # before the stream advances: the first pruned block reads the dense input from it

@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TuneRecord:
     """What a block's tuning did: its relative output error on the calibration batches
-    before and after, the Adam steps taken, the seconds spent and the dtype of the training
-    passes' products (``"bfloat16"`` under autocast, else the block's dtype)."""
+    before and after, the Adam steps taken, the seconds spent, the dtype of the training
+    passes' products (``"bfloat16"`` under autocast, else the block's dtype), the submodule
+    trained on its held inputs (None: the block) and Adam's step size."""
 
     block: int
     error_before: float
@@ -47,10 +48,60 @@ class TuneRecord:
     steps: int
     seconds: float
     products: str = "float32"
+    held: str | None = None  # the submodule trained on its held inputs (module docstring), else None
+    lr: float | None = None  # Adam's step size
 
     def to_dict(self) -> dict[str, Any]:
         return {"block": self.block, "error_before": self.error_before, "error_after": self.error_after,
-                "steps": self.steps, "seconds": self.seconds, "products": self.products}
+                "steps": self.steps, "seconds": self.seconds, "products": self.products, "held": self.held,
+                "lr": self.lr}
+
+
+@dataclass
+class HeldInputs:
+    """The submodule ``module`` (named ``name`` in the block) that holds every tuned operator,
+    and its input per calibration batch, ``(batch, seqlen, d_in)`` on the CPU."""
+
+    name: str
+    module: nn.Module
+    inputs: list[torch.Tensor]
+
+
+def enclosing_module(operators: Sequence[str]) -> str | None:
+    """The deepest submodule name that holds every one of ``operators`` (dotted names in the
+    block): ``"mlp"`` for ``["mlp.gate_proj", "mlp.down_proj"]``; None when only the block does."""
+    parts = [name.split(".") for name in operators]
+    if not parts:
+        return None
+    common: list[str] = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or None
+
+
+@torch.no_grad()
+def reads_input_of(block: nn.Module, name: str, operator: str, call: BlockCall, hidden: torch.Tensor,
+                   device: torch.device) -> bool:
+    """Whether submodule ``name`` is called once in a forward of ``block`` and receives exactly
+    what its operator ``operator`` does (its first argument, the same values)."""
+    seen: dict[str, list[torch.Tensor]] = {name: [], operator: []}
+
+    def recorder(key: str):
+        def hook(mod: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen[key].append(args[0].detach())
+        return hook
+
+    handles = [block.get_submodule(k).register_forward_pre_hook(recorder(k)) for k in (name, operator)]
+    try:
+        call.run(block, hidden.to(device), device)
+    finally:
+        for h in handles:
+            h.remove()
+    outer, inner = seen[name], seen[operator]
+    return len(outer) == 1 and len(inner) == 1 and outer[0].shape == inner[0].shape and torch.equal(outer[0], inner[0])
 
 
 def _split(value: Any, n: int, start: int, stop: int) -> Any:
@@ -126,7 +177,8 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
                *, index: int, epochs: int, lr: float,
                micro_batch: int = 1, windows: int | None = None,
                operators: Sequence[str] | None = None,
-               autocast: torch.dtype | None = None) -> tuple[list[torch.Tensor], TuneRecord]:
+               autocast: torch.dtype | None = None,
+               held: HeldInputs | None = None) -> tuple[list[torch.Tensor], TuneRecord]:
     """Tune ``block``'s kept linear weights in place toward ``dense``'s outputs (module docstring).
 
     ``hidden[b]`` is batch ``b``'s input ``(batch, seqlen, d)``, ``calls[b]`` its call
@@ -136,8 +188,9 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     ``operators`` names the linear modules that move (None: every one).  ``autocast``: the
     dtype of the training passes' products under ``torch.autocast`` (None: the block's own);
     the error check before and after, and the returned outputs, use the block's dtype.
-    Returns the block's outputs after tuning, or ``outputs`` with the weights restored where
-    tuning did not lower the calibration error.
+    ``held``: train that submodule alone on its inputs (module docstring; every operator
+    named must lie in it).  Returns the block's outputs after tuning, or ``outputs`` with the
+    weights restored where tuning did not lower the calibration error.
     """
     t0 = time.perf_counter()
     given = targets if targets is not None else [None] * len(calls)
@@ -156,17 +209,28 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
         w.requires_grad_(True)
     opt = torch.optim.Adam(weights, lr=lr, fused=_fused_adam(weights))
     scale = den / sum(t.numel() for t in targets)
+    # what a step runs, on what, toward what: the block on its inputs, or the held submodule
+    # on its own inputs toward the target less the rest of the block's output
+    trained, step_calls, step_inputs, step_targets = block, calls, hidden, targets
+    rests: list[torch.Tensor] = []
+    if held is not None:
+        trained, step_inputs = held.module, held.inputs
+        step_calls = [BlockCall((), {}) for _ in calls]
+        with torch.no_grad(), _autocast(device, autocast):
+            rests = [o - held.module(z.to(device)).to(o.dtype).cpu().reshape(o.shape)
+                     for o, z in zip(outputs, held.inputs)]
+        step_targets = [(t - r).reshape(*z.shape[:-1], -1) for t, r, z in zip(targets, rests, held.inputs)]
     steps = 0
     try:
         with torch.enable_grad():
             for _ in range(epochs):
                 seen = 0
-                for call, h, t in zip(calls, hidden, targets):
+                for call, h, t in zip(step_calls, step_inputs, step_targets):
                     for mcall, rows in _micro_calls(call, h, micro_batch):
                         if windows is not None and seen >= windows:
                             break
                         seen += rows.stop - rows.start
-                        train_step(block, mcall, h[rows], t[rows], opt, weights, masks, device, autocast, scale)
+                        train_step(trained, mcall, h[rows], t[rows], opt, weights, masks, device, autocast, scale)
                         steps += 1
     finally:
         for w in weights:
@@ -175,8 +239,13 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
             p.requires_grad_(flags[id(p)])
     tuned, after_sum = [], 0.0
     with torch.no_grad():
-        for c, h, t in zip(calls, hidden, targets):
-            out = block_output(c.run(block, h.to(device), device))
+        for b, (c, h, t) in enumerate(zip(calls, hidden, targets)):
+            if held is not None:
+                with _autocast(device, autocast):
+                    y = held.module(held.inputs[b].to(device))
+                out = rests[b] + y.to(rests[b].dtype).cpu().reshape(rests[b].shape)
+            else:
+                out = block_output(c.run(block, h.to(device), device))
             after_sum += _sq(out, t)
             tuned.append(out.detach().cpu())
     after = after_sum / den
@@ -186,7 +255,9 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
                 w.copy_(s)
         tuned, after = outputs, before
     products = str(autocast if autocast is not None else weights[0].dtype).removeprefix("torch.")
-    record = TuneRecord(index, before, after, steps, time.perf_counter() - t0, products)
-    logger.info("block %d tuned: output error %.5f -> %.5f (%d steps, %s products, %.1f s)", index, before, after,
-                steps, products, record.seconds)
+    record = TuneRecord(index, before, after, steps, time.perf_counter() - t0, products,
+                        held.name if held is not None else None, lr)
+    logger.info("block %d tuned%s: output error %.5f -> %.5f (%d steps, %s products, %.1f s)", index,
+                f" ({held.name} on its held inputs)" if held is not None else "", before, after, steps, products,
+                record.seconds)
     return tuned, record

@@ -56,6 +56,12 @@ DEFAULT_DAMP = {"baseline": 0.01, "solver": 0.1, "solver_sparse": 0.03}
 #: On a CPU the tuned prune took 2.2-2.9x SparseGPT's time: an epoch costs about a SparseGPT prune
 #: there (benchmarks/tune_step.py; docs/pruning.md, "Block tuning on a CPU").
 AUTO_TUNE_EPOCHS = 1
+#: ``tune_lr="auto"``: Adam's step size when the whole block trains (the best of 3e-5 to 3e-3 on
+#: SmolLM2-135M's blocks 0–5 at 50%; at 70%, 1e-4 was 0.9 lower on WikiText-2 and 2.4 higher on
+#: the held-out text), and when only the block's last two operator groups (the MLP) train:
+#: 1e-3 lowered WikiText-2 perplexity to 46.07 against 46.43 with 6e-4 and 47.04 with 3e-4 (one
+#: epoch, 64 windows, seed 0; untuned 47.68; docs/pruning.md, "The MLP on its held inputs").
+TUNE_LR = {"block": 3e-4, "mlp": 1e-3}
 
 
 def _is_int(v: Any) -> bool:
@@ -186,17 +192,17 @@ class PruneConfig:
             output on the same input (:mod:`fistaopt.llm.block_tune`); 0: none.
             Needs error correction and ``block_inputs="pruned"``, one process.  ``"auto"``
             (default): :meth:`for_device` resolves it where the blocks run, to
-            :data:`AUTO_TUNE_EPOCHS` for solver methods on a CUDA device in one process at
-            50% or less unstructured sparsity or N:M (with error correction and pruned block
-            inputs), else 0; the report's settings record the value used.  On SmolLM2-135M
-            one epoch lowered WikiText-2 perplexity 50.81 → 49.28 at 50% and 89.44 → 85.00 at
-            2:4 on the CPU (three seeds) and cost about 6.6 s per block on one CPU thread,
-            2.5–3× SparseGPT's time (docs/pruning.md, "Block tuning"); on an H200 it cost
-            1.5–1.6× SparseGPT's time with 32 windows and 2.0–2.4× with 64 (float32
-            products), and at 70% it did not lower WikiText-2 on the CPU.
-        tune_lr: Adam's step size for the tuning; the default 3e-4 was the best of 3e-5 to
-            3e-3 on SmolLM2-135M's blocks 0–5 at 50% (at 70%, 1e-4 was 0.9 lower on
-            WikiText-2 and 2.4 higher on the held-out text).
+            :data:`AUTO_TUNE_EPOCHS` for solver methods in one process at 50% or less
+            unstructured sparsity or N:M (with error correction and pruned block inputs) on a
+            CUDA device or a CPU that multiplies bfloat16 natively, else 0; the report's
+            settings record the value used.  On SmolLM2-135M with 64 calibration windows, one
+            epoch of the whole block lowered WikiText-2 perplexity 47.41 → 45.38 at 50% on an
+            H200 (2.0–2.4× SparseGPT's time, float32 products), and one epoch of the MLP alone
+            (the CPU's ``"auto"`` groups) 47.68 → 46.34 on an AMX CPU at 1.93× (seed 0;
+            docs/pruning.md, "Block tuning" and "The MLP on its held inputs"); at 70% tuning did
+            not lower WikiText-2 on the CPU.
+        tune_lr: Adam's step size for the tuning; ``"auto"`` (default): :data:`TUNE_LR`, 3e-4
+            where the whole block trains and 1e-3 where only its MLP does (:meth:`step_size`).
         tune_micro_batch: calibration windows per Adam step.
         tune_windows: windows per tuning epoch, the first ones (None: all).
         tune_target: what the tuned block's output is pulled toward: ``"block"`` (default)
@@ -213,6 +219,12 @@ class PruneConfig:
         tune_skip_groups: the block's first operator groups (in forward order, e.g. ``1``:
             q/k/v) keep their pruned weights, so the backward pass stops before them
             (``1`` skips attention's backward on LLaMA-like blocks; ``2``: the MLP only).
+            ``"auto"`` (default): none on a CUDA device, all but the last two (the MLP)
+            elsewhere (:meth:`skipped_groups`).
+            Where the operators left all lie in one submodule whose input is fixed by the
+            frozen ones and whose output adds to the block's (``2`` on LLaMA, Qwen2, GPT-2),
+            that submodule trains alone on its inputs from the prune's forwards, with no
+            forward of the rest of the block per step (:mod:`fistaopt.llm.block_tune`).
         tune_blocks: indices of the pruned blocks that are tuned (None: every one).  The
             tuning's cost is per block; on SmolLM2-135M at 50% the first third of the blocks
             gave 0.90 of the 2.07 perplexity points that tuning all 30 gave, the middle and
@@ -243,12 +255,12 @@ class PruneConfig:
     max_deviation: float = 0.08
     owl_windows: int | None = OWL_WINDOWS
     tune_epochs: int | str = "auto"
-    tune_lr: float = 3e-4
+    tune_lr: float | str = "auto"
     tune_micro_batch: int = 1
     tune_windows: int | None = None
     tune_target: str = "block"
     tune_precision: str = "auto"
-    tune_skip_groups: int = 0
+    tune_skip_groups: int | str = "auto"
     tune_blocks: tuple[int, ...] | None = None
     layer: LayerOptions = field(default_factory=LayerOptions)
     solver_options: dict[str, Any] = field(default_factory=dict)
@@ -294,9 +306,10 @@ class PruneConfig:
         self._check_allocation()
         if self.tune_epochs != "auto" and (not _is_int(self.tune_epochs) or self.tune_epochs < 0):
             raise ValueError(f"tune_epochs must be an int >= 0 or 'auto', got {self.tune_epochs!r}")
-        if isinstance(self.tune_lr, bool) or not isinstance(self.tune_lr, (int, float)) or not self.tune_lr > 0:
-            raise ValueError(f"tune_lr must be a number > 0, got {self.tune_lr!r}")
-        object.__setattr__(self, "tune_lr", float(self.tune_lr))
+        if self.tune_lr != "auto":
+            if isinstance(self.tune_lr, bool) or not isinstance(self.tune_lr, (int, float)) or not self.tune_lr > 0:
+                raise ValueError(f"tune_lr must be a number > 0 or 'auto', got {self.tune_lr!r}")
+            object.__setattr__(self, "tune_lr", float(self.tune_lr))
         if not _is_int(self.tune_micro_batch) or self.tune_micro_batch < 1:
             raise ValueError(f"tune_micro_batch must be a positive int, got {self.tune_micro_batch!r}")
         explicit_tuning = self.tune_epochs != "auto" and self.tune_epochs > 0
@@ -306,8 +319,8 @@ class PruneConfig:
             raise ValueError(f"tune_epochs needs block_inputs='pruned', got {self.block_inputs!r}")
         set_(self, "tune_target", _one_of("tune_target", str(self.tune_target).lower(), TUNE_TARGETS))
         set_(self, "tune_precision", _one_of("tune_precision", str(self.tune_precision).lower(), TUNE_PRECISIONS))
-        if not _is_int(self.tune_skip_groups) or self.tune_skip_groups < 0:
-            raise ValueError(f"tune_skip_groups must be an int >= 0, got {self.tune_skip_groups!r}")
+        if self.tune_skip_groups != "auto" and (not _is_int(self.tune_skip_groups) or self.tune_skip_groups < 0):
+            raise ValueError(f"tune_skip_groups must be an int >= 0 or 'auto', got {self.tune_skip_groups!r}")
         if self.tune_windows is not None and (not _is_int(self.tune_windows) or self.tune_windows < 1):
             raise ValueError(f"tune_windows must be a positive int (or None: every window), got {self.tune_windows!r}")
         if not isinstance(self.layer, LayerOptions):
@@ -431,15 +444,35 @@ class PruneConfig:
     def for_device(self, device: torch.device | str, *, distributed: bool = False) -> "PruneConfig":
         """This config with ``tune_epochs="auto"`` resolved for blocks that run on ``device``
         (in several processes when ``distributed``): :data:`AUTO_TUNE_EPOCHS` where the
-        tuning was measured inside 2× SparseGPT's prune time and lowered perplexity (solver
-        methods on a CUDA device, one process, 50% or less unstructured sparsity or N:M,
-        error correction with pruned block inputs), else 0."""
+        tuning was measured inside 2× SparseGPT's prune time and lowered perplexity, else 0:
+        solver methods in one process at 50% or less unstructured sparsity or N:M, with error
+        correction and pruned block inputs, on a CUDA device (the whole block) or on a CPU
+        whose tuning products run in bfloat16 (the MLP, :meth:`skipped_groups`)."""
         if self.tune_epochs != "auto":
             return self
-        tunes = (not self.is_baseline and torch.device(device).type == "cuda" and not distributed
+        device = torch.device(device)
+        where = device.type == "cuda" or (device.type == "cpu" and self.tune_autocast(device, torch.float32) is not None)
+        tunes = (not self.is_baseline and where and not distributed
                  and not self.pattern_spec.unstructured_above_half and self.error_correction
                  and self.block_inputs == "pruned")
         return replace(self, tune_epochs=AUTO_TUNE_EPOCHS if tunes else 0)
+
+    def skipped_groups(self, device: torch.device | str, n_groups: int) -> int:
+        """The operator groups, of a block's ``n_groups``, that the tuning leaves as pruned:
+        ``tune_skip_groups``, or for ``"auto"`` none on a CUDA device and all but the last two
+        elsewhere (the MLP of a LLaMA, GPT-2 or OPT block: trained alone on its held inputs,
+        :mod:`fistaopt.llm.block_tune`; an epoch costs a quarter of SparseGPT's prune on an
+        AMX CPU, where the whole block's costs about one; docs/pruning.md)."""
+        if self.tune_skip_groups != "auto":
+            return int(self.tune_skip_groups)
+        return 0 if torch.device(device).type == "cuda" else max(n_groups - 2, 0)
+
+    def step_size(self, n_groups: int, skipped: int) -> float:
+        """Adam's step size: ``tune_lr``, or for ``"auto"`` :data:`TUNE_LR` by what trains (the
+        block's last two groups or fewer: ``"mlp"``, else ``"block"``)."""
+        if self.tune_lr != "auto":
+            return float(self.tune_lr)
+        return TUNE_LR["mlp" if n_groups - skipped <= 2 else "block"]
 
     def tune_autocast(self, device: torch.device | str, dtype: torch.dtype) -> torch.dtype | None:
         """The dtype the block tuning's forward and backward products run in under

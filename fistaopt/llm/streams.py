@@ -29,6 +29,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
+from fistaopt.llm.block_tune import reads_input_of
 from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
 from fistaopt.llm.distributed import SINGLE, Communicator
 from fistaopt.llm.model import OperatorGroup
@@ -88,6 +89,8 @@ class BlockWork:
     dense_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # by batch, from the shared forward
     residual_of: str | None = None  # the last operator, when it absorbs the residual error (residual.py)
     residual_parts: tuple[Hidden | None, Hidden] | None = None  # its X* (if held) and R* per batch
+    keep_inputs_of: str | None = None  # an operator whose X* is kept per batch (block tuning's held inputs)
+    kept_inputs: Hidden = field(default_factory=list)  # that operator's X*, per batch (on the CPU)
     _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -137,6 +140,12 @@ class BlockWork:
             return (skip_tokens(x, self.skip) for x in self.pruned_forwards.step())
         return (self.input_of(False, group, b, h) for b, h in enumerate(hidden))
 
+    def keep(self, group: OperatorGroup, x_star: torch.Tensor) -> None:
+        """Keep ``x_star`` (one batch's ``X*`` of ``group``) where ``group`` reads the input kept
+        for the block tuning (:attr:`keep_inputs_of`)."""
+        if self.keep_inputs_of is not None and group.operators[0].name == self.keep_inputs_of:
+            self.kept_inputs.append(x_star.detach().cpu())
+
     def close(self) -> None:
         """End the paused forwards (a block whose output is not needed, or an error)."""
         if self.pruned_forwards is not None:
@@ -156,7 +165,7 @@ class PrunedStream:
     def __init__(self, hidden: Hidden) -> None:
         self.hidden = hidden
         self.model_targets: Hidden | None = None  # the dense model's hidden states, once carried
-        self._additive: dict[str, bool] = {}  # adds_to_output, by block class and operator
+        self._additive: dict[str, bool] = {}  # adds_to_output / holds_tuned_input, by block class and module
 
     def dense_model_outputs(self, dense: nn.Module, calls: list[BlockCall], device: torch.device) -> Hidden:
         """The dense model's hidden states after this block: ``dense`` (the block's unpruned
@@ -188,6 +197,7 @@ class PrunedStream:
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
         """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
         for b, (h, x_star) in enumerate(zip(self.hidden, work.pruned_inputs(group, self.hidden))):
+            work.keep(group, x_star)
             if first or work.dense is None:  # nothing of this block is pruned yet
                 acc.add(x_star)
             else:
@@ -203,6 +213,19 @@ class PrunedStream:
         if key not in self._additive:
             adds = adds_to_output(work.dense, name, work.calls[0], self.hidden[0], work.device)
             self._additive[key] = comm.all_agree(adds)
+        return self._additive[key]
+
+    def holds_tuned_input(self, work: BlockWork, name: str, operator: str, comm: Communicator = SINGLE) -> bool:
+        """Whether the block tuning may train submodule ``name`` alone on the ``X*`` of its
+        ``operator`` (:mod:`fistaopt.llm.block_tune`, held inputs): ``name`` is called once,
+        its input is ``operator``'s and its output adds to the block's (checked on the dense
+        copy and the first batch, once per block class; agreed over ``comm``'s ranks)."""
+        assert work.dense is not None
+        key = f"{type(work.dense).__qualname__}.{name}<{operator}"
+        if key not in self._additive:
+            holds = (reads_input_of(work.dense, name, operator, work.calls[0], self.hidden[0], work.device)
+                     and adds_to_output(work.dense, name, work.calls[0], self.hidden[0], work.device))
+            self._additive[key] = comm.all_agree(holds)
         return self._additive[key]
 
     def residual_statistics(self, work: BlockWork, group: OperatorGroup, acc: LayerStatsAccumulator) -> None:
@@ -233,6 +256,7 @@ class PrunedStream:
                     rest = run_block(work.block, work.calls[b], h, work.device).float()
                 x_star = calls[0][0]
                 rests.append(rest)
+            work.keep(group, x_star)
             Y = work.dense_output(b, h).float() - rest
             if bias is not None:
                 Y -= bias.detach().float().cpu()
