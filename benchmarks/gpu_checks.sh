@@ -67,7 +67,7 @@ tune() {  # the untuned fista on cuda: SmolLM2 at 50%, then one 7B-shaped block:
         --sparsity 0.5 --nsamples 32 --eval-tokens 32768 --no-progress ${SMOLLM2_EXTRA:-} --out "$work/untuned" \
         && cp "$work/untuned/report.json" "$out/smollm2-fista-untuned-50-cuda.json"
     rm -rf "$work"
-    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt,fista[tune_epochs=0],fista' \
+    "$py" benchmarks/gpu_block.py --preset llama-7b --methods 'sparsegpt,fista[tune_epochs=0],fista,fista[tune_skip_groups=2]' \
         --out "$out/gpu-block-llama-7b-tune.json"
 }
 

@@ -219,12 +219,12 @@ class PruneConfig:
         tune_skip_groups: the block's first operator groups (in forward order, e.g. ``1``:
             q/k/v) keep their pruned weights, so the backward pass stops before them
             (``1`` skips attention's backward on LLaMA-like blocks; ``2``: the MLP only).
-            ``"auto"`` (default): none on a CUDA device, all but the last two (the MLP)
-            elsewhere (:meth:`skipped_groups`).
             Where the operators left all lie in one submodule whose input is fixed by the
             frozen ones and whose output adds to the block's (``2`` on LLaMA, Qwen2, GPT-2),
             that submodule trains alone on its inputs from the prune's forwards, with no
             forward of the rest of the block per step (:mod:`fistaopt.llm.block_tune`).
+            ``"auto"`` (default): none on a CUDA device, all but the last two (the MLP)
+            elsewhere (:meth:`skipped_groups`).
         tune_blocks: indices of the pruned blocks that are tuned (None: every one).  The
             tuning's cost is per block; on SmolLM2-135M at 50% the first third of the blocks
             gave 0.90 of the 2.07 perplexity points that tuning all 30 gave, the middle and
