@@ -189,7 +189,8 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     dtype of the training passes' products under ``torch.autocast`` (None: the block's own);
     the error check before and after, and the returned outputs, use the block's dtype.
     ``held``: train that submodule alone on its inputs (module docstring; every operator
-    named must lie in it).  Returns the block's outputs after tuning, or ``outputs`` with the
+    named must lie in it); its outputs then come from the submodule's products under
+    ``autocast``, added to the rest of the block's output.  Returns the block's outputs after tuning, or ``outputs`` with the
     weights restored where tuning did not lower the calibration error.
     """
     t0 = time.perf_counter()

@@ -215,7 +215,9 @@ class PruneConfig:
             blocks on a device that multiplies bfloat16 natively
             (:func:`fistaopt.solvers.prox.native_bf16`), ``fp32`` elsewhere
             (:meth:`tune_autocast`).  The before/after check of the block's output error, the
-            tuned block's outputs and the targets are computed in the block's own dtype.
+            tuned block's outputs and the targets are computed in the block's own dtype,
+            except the MLP's part of the outputs where it trains on its held inputs
+            (:mod:`fistaopt.llm.block_tune`).
         tune_skip_groups: the block's first operator groups (in forward order, e.g. ``1``:
             q/k/v) keep their pruned weights, so the backward pass stops before them
             (``1`` skips attention's backward on LLaMA-like blocks; ``2``: the MLP only).
