@@ -83,10 +83,11 @@ def prune_block(
             work.dense = copy.deepcopy(block)
             work.keep_dense_outputs = tune and config.tune_target == "block"
 
+        tuned_ops = [op.name for g in groups[skipped:] for op in g]
         held_name = None  # the tuned operators' submodule, trained alone on its kept inputs (block_tune)
-        if tune and config.error_correction and work.skip == 0:
-            first_tuned = groups[skipped].operators[0].name
-            name = enclosing_module([op.name for g in groups[skipped:] for op in g])
+        if tune and work.skip == 0:  # tuning implies error correction (PruneConfig)
+            first_tuned = tuned_ops[0]
+            name = enclosing_module(tuned_ops)
             if name is not None and stream.holds_tuned_input(work, name, first_tuned, comm):
                 work.keep_inputs_of, held_name = first_tuned, name
 
@@ -132,7 +133,7 @@ def prune_block(
                                        index=index, epochs=config.tune_epochs,
                                        lr=config.step_size(len(groups), skipped),
                                        micro_batch=config.tune_micro_batch, windows=config.tune_windows,
-                                       operators=[op.name for g in groups[skipped:] for op in g],
+                                       operators=tuned_ops,
                                        autocast=config.tune_autocast(device, next(block.parameters()).dtype),
                                        held=held)
             stream.hidden = tuned

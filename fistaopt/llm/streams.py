@@ -165,7 +165,7 @@ class PrunedStream:
     def __init__(self, hidden: Hidden) -> None:
         self.hidden = hidden
         self.model_targets: Hidden | None = None  # the dense model's hidden states, once carried
-        self._additive: dict[str, bool] = {}  # adds_to_output / holds_tuned_input, by block class and module
+        self._additive: dict[str, bool] = {}  # adds_to_output / reads_input_of, by block class and module
 
     def dense_model_outputs(self, dense: nn.Module, calls: list[BlockCall], device: torch.device) -> Hidden:
         """The dense model's hidden states after this block: ``dense`` (the block's unpruned
@@ -223,10 +223,10 @@ class PrunedStream:
         assert work.dense is not None
         key = f"{type(work.dense).__qualname__}.{name}<{operator}"
         if key not in self._additive:
-            holds = (reads_input_of(work.dense, name, operator, work.calls[0], self.hidden[0], work.device)
-                     and adds_to_output(work.dense, name, work.calls[0], self.hidden[0], work.device))
-            self._additive[key] = comm.all_agree(holds)
-        return self._additive[key]
+            reads = reads_input_of(work.dense, name, operator, work.calls[0], self.hidden[0], work.device)
+            self._additive[key] = comm.all_agree(reads)
+        # agreed by every rank, so every rank takes the same branch (adds_to_output agrees over them too)
+        return self._additive[key] and self.adds_to_output(work, name, comm)
 
     def residual_statistics(self, work: BlockWork, group: OperatorGroup, acc: LayerStatsAccumulator) -> None:
         """Stream the last group's ``X*`` and the targets ``Y = out − R* − b`` that make the
