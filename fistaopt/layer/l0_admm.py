@@ -13,7 +13,11 @@ rounds.  Splitting ``V = D`` with ``D`` on the pattern and the scaled dual ``U``
     D ← P(V + U)
     U ← U + V − D
 
-Each iteration costs two products ``(d_out, d_in) × (d_in, d_in)`` and one projection.
+Each iteration costs two products ``(d_out, d_in) × (d_in, d_in)`` and one projection;
+with ``precision="bf16"`` the products run in bfloat16 (their results rounded to it, the
+rest of the iteration in ``start``'s dtype), which the layer prune takes where the device
+multiplies bfloat16 natively: the candidate is refit in IEEE and kept per row only where it
+beats the best so far, so the products' rounding can cost a row its improvement, never its start.
 ``ρ`` starts small (``V`` near the least-squares weight, ``D`` its projection) and grows
 after every ``update_every`` iterations by a factor set by how much of the support moved
 (ALPS's rule: ×1.3 when at least 10% of the kept entries changed, ×1.2 above 0.5%, ×1.1
@@ -38,6 +42,7 @@ from typing import Iterator
 import torch
 
 from fistaopt.problems.lasso import LassoProblem
+from fistaopt.solvers.prox import PRECISIONS, matmul_precision
 from fistaopt.sparsity import Pattern, pattern_mask
 
 _local = threading.local()
@@ -109,6 +114,7 @@ def l0_admm(
     min_iter: int = 30,
     update_every: int = 3,
     stop_change: float = 3e-4,
+    precision: str = "fp32",
 ) -> L0Admm:
     """ℓ0-constrained ADMM on ``problem``'s quadratic (its ``lam`` ignored), from ``start``.
 
@@ -124,7 +130,12 @@ def l0_admm(
         update_every: iterations between ρ updates (and support checks).
         stop_change: stop when fewer than this fraction of the kept entries moved since the
             last update (after ``min_iter``).
+        precision: the two products of an iteration: ``"fp32"`` (IEEE, in ``start``'s dtype),
+            ``"tf32"`` (TF32 on CUDA, IEEE elsewhere) or ``"bf16"`` (bfloat16 operands and
+            results; module docstring).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     s, lam, Q = scaled_eigh(problem.H)
     dtype = start.dtype
     s, lam, Q = s.to(dtype), lam.to(dtype), Q.to(dtype)
@@ -147,36 +158,51 @@ def l0_admm(
     kept = mask_out.sum(1).to(dtype).clamp_min(1.0)
     change = change_out
     V, Z, tmp = torch.empty_like(D), torch.empty_like(D), torch.empty_like(D)
+    if precision == "bf16":  # the products in bfloat16, their results back in dtype
+        Q_lo, QT_lo = Q.to(torch.bfloat16), Q.T.to(torch.bfloat16).contiguous()
+
+        def rotate(A: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # A Q
+            return out.copy_(torch.mm(A.to(torch.bfloat16), Q_lo))
+
+        def rotate_back_onto(B: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # B + A Qᵀ
+            return torch.add(B, torch.mm(A.to(torch.bfloat16), QT_lo), out=out)
+    else:
+        def rotate(A: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return torch.mm(A, Q, out=out)
+
+        def rotate_back_onto(B: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return torch.addmm(B, A, Q.T, out=out)
     t = 0
-    for t in range(1, max_iter + 1):
-        torch.mm(torch.sub(D, U, out=tmp), Q, out=V)
-        V.mul_(rho_t).add_(G_Q).div_(torch.add(lam[None, :], rho_t, out=tmp))  # in the eigenbasis
-        torch.addmm(U, V, Q.T, out=Z)  # Z = V + U
-        mask = pattern_mask(torch.abs(Z, out=tmp), pattern)
-        torch.mul(Z, mask, out=D)
-        torch.sub(Z, D, out=U)  # U + V − D
-        if t % update_every:
-            continue
-        moved = (mask ^ checked).sum(1).to(dtype)
-        change = (moved.sum() / kept.sum()).expand(len(rows)) if coupled else moved / kept
-        checked = mask
-        factor = torch.where(change >= 0.1, 1.3, torch.where(change >= 0.005, 1.2, torch.where(change > 0, 1.1, 1.0)))
-        rho_t = rho_t * factor[:, None].to(dtype)
-        if t < min_iter:
-            continue
-        done = change < stop_change
-        if not bool(done.any()):
-            continue
-        stopped = rows[done]
-        D_out[stopped], mask_out[stopped], rho_out[stopped], change_out[stopped] = (
-            D[done], mask[done], rho_t[done], change[done])
-        running = ~done
-        if not bool(running.any()):
-            break
-        rows, D, U, G_Q, rho_t = rows[running], D[running], U[running], G_Q[running], rho_t[running]
-        checked, mask, kept, change = checked[running], mask[running], kept[running], change[running]
-        V, Z, tmp = torch.empty_like(D), torch.empty_like(D), torch.empty_like(D)
-    else:  # max_iter reached: the running rows keep their last projection
-        D_out[rows], mask_out[rows], rho_out[rows], change_out[rows] = D, mask, rho_t, change
+    with matmul_precision(precision, D.device):
+        for t in range(1, max_iter + 1):
+            rotate(torch.sub(D, U, out=tmp), V)
+            V.mul_(rho_t).add_(G_Q).div_(torch.add(lam[None, :], rho_t, out=tmp))  # in the eigenbasis
+            rotate_back_onto(U, V, Z)  # Z = V + U
+            mask = pattern_mask(torch.abs(Z, out=tmp), pattern)
+            torch.mul(Z, mask, out=D)
+            torch.sub(Z, D, out=U)  # U + V − D
+            if t % update_every:
+                continue
+            moved = (mask ^ checked).sum(1).to(dtype)
+            change = (moved.sum() / kept.sum()).expand(len(rows)) if coupled else moved / kept
+            checked = mask
+            factor = torch.where(change >= 0.1, 1.3, torch.where(change >= 0.005, 1.2, torch.where(change > 0, 1.1, 1.0)))
+            rho_t = rho_t * factor[:, None].to(dtype)
+            if t < min_iter:
+                continue
+            done = change < stop_change
+            if not bool(done.any()):
+                continue
+            stopped = rows[done]
+            D_out[stopped], mask_out[stopped], rho_out[stopped], change_out[stopped] = (
+                D[done], mask[done], rho_t[done], change[done])
+            running = ~done
+            if not bool(running.any()):
+                break
+            rows, D, U, G_Q, rho_t = rows[running], D[running], U[running], G_Q[running], rho_t[running]
+            checked, mask, kept, change = checked[running], mask[running], kept[running], change[running]
+            V, Z, tmp = torch.empty_like(D), torch.empty_like(D), torch.empty_like(D)
+        else:  # max_iter reached: the running rows keep their last projection
+            D_out[rows], mask_out[rows], rho_out[rows], change_out[rows] = D, mask, rho_t, change
     return L0Admm(W=D_out / s[None, :], mask=mask_out, iterations=t, rho=float(rho_out.max()),
                   support_change=float(change_out.max()))

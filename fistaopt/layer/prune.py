@@ -105,7 +105,8 @@ class _LayerPrune:
             work = work.with_penalty_weights(torch.sqrt(torch.diagonal(work.H)).clamp_min(1e-12))
         self.work = work  # the penalised problem the ℓ1 solver sees
         self.plain = work.with_lam(0.0).with_penalty_weights(None)  # the layer objective alone
-        # the precision of the ℓ1 solver's products (where it has the option); the refits run IEEE
+        # the precision of the ℓ1 solver's products (where it has the option) and of the ℓ0-ADMM
+        # round's; the refits run IEEE
         # (a bfloat16 refit once read a diverged fit as a good one: docs/pruning.md)
         self.precision = resolve_precision(options.precision, work.device, solver_options.get("dtype") or work.dtype)
         if "precision" in solver_class(solver).option_names():
@@ -179,7 +180,7 @@ class _LayerPrune:
         o = self.options
         if o.round_kind == "l0-admm":
             res = l0_admm(self.plain, self.best, self.pat, rho=o.l0_rho, max_iter=o.l0_max_iter,
-                          min_iter=o.l0_min_iter, update_every=o.l0_update_every)
+                          min_iter=o.l0_min_iter, update_every=o.l0_update_every, precision=self.precision)
             self.n_iter += res.iterations
             self.info.setdefault("l0_admm", []).append({"iterations": res.iterations, "rho": res.rho,
                                                         "support_change": res.support_change})
