@@ -167,8 +167,8 @@ def test_bfloat16_products_give_a_candidate_as_good_as_the_ieee_one(pattern, spa
 
 
 def test_the_layer_prune_runs_its_l0_round_in_the_resolved_precision(monkeypatch):
-    """The ℓ0-ADMM round's products follow ``precision`` as resolved for the layer (float64
-    problems keep IEEE under ``auto``); an unknown precision is refused."""
+    """The ℓ0-ADMM round's products follow ``l0_precision`` (IEEE by default, whatever the ℓ1
+    solver's ``precision``; float64 problems keep IEEE under ``auto``); unknown ones are refused."""
     from fistaopt.layer import prune as layer_prune
 
     seen = []
@@ -176,9 +176,13 @@ def test_the_layer_prune_runs_its_l0_round_in_the_resolved_precision(monkeypatch
     monkeypatch.setattr(layer_prune, "l0_admm", lambda *a, **k: seen.append(k["precision"]) or real(*a, **k))
     prob, W0, X = layer_problem(8, 16)
     pat = parse_pattern("unstructured", 0.5)
-    prune_layer(prob, pat, precision="auto")  # float64 → fp32
-    prune_layer(prob.to(dtype=torch.float32), pat, precision="bf16")
-    prune_layer(prob.to(dtype=torch.float32), pat, precision="fp32")
+    prob32 = prob.to(dtype=torch.float32)
+    prune_layer(prob, pat, l0_precision="auto")  # float64 → fp32
+    prune_layer(prob32, pat, l0_precision="bf16")
+    res = prune_layer(prob32, pat, precision="bf16")
     assert seen == ["fp32", "bf16", "fp32"]
+    assert res.info["l0_precision"] == "fp32" and res.info["precision"] == "bf16"
     with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16; got 'fp16'"):
         l0_admm(prob, W0 * project(W0.abs(), pat), pat, precision="fp16")
+    with pytest.raises(ValueError, match="l0_precision must be one of auto, fp32, tf32, bf16; got 'fp16'"):
+        prune_layer(prob, pat, l0_precision="fp16")

@@ -79,16 +79,19 @@ class LayerOptions:
             default's 48.63 / 28.65 and 82.45 / 42.06: no gain for the time
             (docs/pruning.md, "ℓ0-ADMM rounds").
         precision: the products of the ℓ1 solver's iterations (its ``precision`` option,
-            so it is not a solver option here) and of the ℓ0-ADMM round's (SmolLM2 blocks 3
-            and 20 at 50%, 2:4 and 70%: mean layer errors within 0.01% of the IEEE round's
-            in 79–89% of the layer time, ``benchmarks/layer_variants.py``; docs/pruning.md,
-            "Speed, eighth pass"): ``"fp32"`` (IEEE, of the problem's dtype),
+            so it is not a solver option here): ``"fp32"`` (IEEE, of the problem's dtype),
             ``"tf32"`` (CUDA), ``"bf16"`` (bfloat16 products, float32 accumulation) or
             ``"auto"`` (default, :func:`resolve_precision`: bf16 where the device multiplies
             bfloat16 natively).  The refits always run IEEE, so every candidate is refit and
             compared in the problem's precision, and a row keeps its start unless that
             comparison favours the ℓ1 candidate (a bfloat16 refit once read a diverged fit as
             a good one: docs/pruning.md, "Speed, fourth pass").
+        l0_precision: the products of the ℓ0-ADMM round's iterations, with the same choices
+            (:func:`fistaopt.layer.l0_admm.l0_admm`); ``"fp32"`` (default, IEEE).  ``"auto"``
+            (bfloat16 on a device that multiplies it natively) kept SmolLM2's mean layer
+            errors within 0.01% of IEEE's at 50%, 2:4 and 70% in 0.79–0.89× the layer time,
+            but did not shorten the 2-worker prune and moved 70% WikiText-2 from 152.36 to
+            159.11 on one seed (docs/pruning.md, "Speed, eighth pass").
     """
 
     refit: bool = True
@@ -109,6 +112,7 @@ class LayerOptions:
     l0_min_iter: int = 6
     l0_update_every: int = 1
     precision: str = "auto"
+    l0_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
@@ -134,8 +138,10 @@ class LayerOptions:
             raise ValueError(f"lam_rule must be one of {LAM_RULES}, got {self.lam_rule!r}")
         if not 0.0 < float(self.xi) < 1.0:
             raise ValueError(f"xi must be in (0, 1), got {self.xi!r}")
-        if self.precision not in LAYER_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(LAYER_PRECISIONS)}; got {self.precision!r}")
+        for name in ("precision", "l0_precision"):
+            value = getattr(self, name)
+            if value not in LAYER_PRECISIONS:
+                raise ValueError(f"{name} must be one of {', '.join(LAYER_PRECISIONS)}; got {value!r}")
         if not self.xi_grid or not self.quantiles:
             raise ValueError("xi_grid and quantiles must not be empty")
         if not all(0.0 <= q <= 1.0 for q in (*self.xi_grid, *self.quantiles)):
@@ -177,7 +183,8 @@ def auto_rounds(pattern: "Pattern") -> int:
 
 
 def resolve_precision(precision: str, device: Any, dtype: torch.dtype) -> str:
-    """The rounds' precision that ``precision`` stands for on ``device`` with iterates of ``dtype``.
+    """The precision that ``precision`` (the ℓ1 solver's, or the ℓ0-ADMM round's) stands for on
+    ``device`` with iterates of ``dtype``.
 
     ``auto``: ``bf16`` for float32 iterates on a device that multiplies bfloat16 natively
     (:func:`native_bf16`), ``fp32`` (IEEE) otherwise; float64 problems keep IEEE.  Measured

@@ -109,11 +109,12 @@ class _LayerPrune:
         # round's; the refits run IEEE
         # (a bfloat16 refit once read a diverged fit as a good one: docs/pruning.md)
         self.precision = resolve_precision(options.precision, work.device, solver_options.get("dtype") or work.dtype)
+        self.l0_precision = resolve_precision(options.l0_precision, work.device, work.dtype)
         if "precision" in solver_class(solver).option_names():
             solver_options = {**solver_options, "precision": self.precision}
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
         self.n_iter = self.cg_iter = 0
-        self.info: dict[str, Any] = {"precision": self.precision}
+        self.info: dict[str, Any] = {"precision": self.precision, "l0_precision": self.l0_precision}
         # the first ℓ1 solution (its error is computed at the end) and the per-row objective
         # of its rounding (None: the start was on the pattern already)
         self.unrounded: torch.Tensor | None = None
@@ -180,7 +181,7 @@ class _LayerPrune:
         o = self.options
         if o.round_kind == "l0-admm":
             res = l0_admm(self.plain, self.best, self.pat, rho=o.l0_rho, max_iter=o.l0_max_iter,
-                          min_iter=o.l0_min_iter, update_every=o.l0_update_every, precision=self.precision)
+                          min_iter=o.l0_min_iter, update_every=o.l0_update_every, precision=self.l0_precision)
             self.n_iter += res.iterations
             self.info.setdefault("l0_admm", []).append({"iterations": res.iterations, "rho": res.rho,
                                                         "support_change": res.support_change})
