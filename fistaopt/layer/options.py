@@ -89,9 +89,9 @@ class LayerOptions:
         l0_precision: the products of the ℓ0-ADMM round's iterations, with the same choices
             (:func:`fistaopt.layer.l0_admm.l0_admm`); ``"fp32"`` (default, IEEE).  ``"auto"``
             (bfloat16 on a device that multiplies it natively) kept SmolLM2's mean layer
-            errors within 0.01% of IEEE's at 50%, 2:4 and 70% in 0.79–0.89× the layer time,
-            but did not shorten the 2-worker prune and moved 70% WikiText-2 from 152.36 to
-            159.11 on one seed (docs/pruning.md, "Speed, eighth pass").
+            errors within 0.01% of IEEE's at 50%, 2:4 and 70% in ~0.85× the layer time, but
+            no whole-model prune was measurably shorter, and 70% WikiText-2 moved from 152.36
+            to 159.11 on one seed (docs/pruning.md, "Speed, eighth pass").
     """
 
     refit: bool = True
