@@ -146,8 +146,8 @@ def test_l0_round_options_rounds_and_errors():
 
 @pytest.mark.parametrize("pattern,sparsity", PATTERNS)
 def test_bfloat16_products_give_a_candidate_as_good_as_the_ieee_one(pattern, sparsity):
-    """``precision="bf16"`` (what the layer prune takes on a device that multiplies bfloat16
-    natively): the candidate is on the pattern; of a planted support it misses at most 2% of the
+    """``precision="bf16"`` (the layer prune's ``l0_precision="bf16"``, or ``"auto"`` on a device
+    that multiplies bfloat16 natively): the candidate is on the pattern; of a planted support it misses at most 2% of the
     entries (measured 0–4 of 384, the smallest weights, where IEEE products miss none); on an
     LLM-like problem its refit error is within 0.5% of the IEEE candidate's (measured: 0.997–1.003×)."""
     prob, W0, pat = planted(pattern=pattern, sparsity=sparsity)

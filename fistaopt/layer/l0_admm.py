@@ -15,9 +15,10 @@ rounds.  Splitting ``V = D`` with ``D`` on the pattern and the scaled dual ``U``
 
 Each iteration costs two products ``(d_out, d_in) × (d_in, d_in)`` and one projection;
 with ``precision="bf16"`` the products run in bfloat16 (their results rounded to it, the
-rest of the iteration in ``start``'s dtype), which the layer prune takes where the device
-multiplies bfloat16 natively: the candidate is refit in IEEE and kept per row only where it
-beats the best so far, so the products' rounding can cost a row its improvement, never its start.
+rest of the iteration in ``start``'s dtype).  The layer prune runs IEEE unless asked
+(:attr:`~fistaopt.layer.LayerOptions.l0_precision`); either way the candidate is refit in
+IEEE and kept per row only where it beats the best so far, so the products' rounding can
+cost a row its improvement, never its start.
 ``ρ`` starts small (``V`` near the least-squares weight, ``D`` its projection) and grows
 after every ``update_every`` iterations by a factor set by how much of the support moved
 (ALPS's rule: ×1.3 when at least 10% of the kept entries changed, ×1.2 above 0.5%, ×1.1
