@@ -306,6 +306,100 @@ def test_the_held_inputs_outputs_are_a_forward_of_the_tuned_block(precision, rto
         assert float((o - ref).norm() / ref.norm()) <= rtol
 
 
+def _prune_first_block(arch, precision="fp32", lr=1e-3, rests=True, monkeypatch=None):
+    """Prune and tune block 0 of a tiny model on held inputs; returns the block, the stream's
+    outputs, the record, the calls, the inputs and how often the untuned outputs were computed."""
+    from fistaopt.llm import streams
+    from fistaopt.llm.block import prune_block
+
+    model = tiny_model(arch)
+    inputs = capture_block_inputs(model, calib(nsamples=4, seqlen=16).split(2))
+    block, calls = find_blocks(model)[1][0], [c[0] for c in inputs.calls]
+    stream = streams.make_stream("pruned", list(inputs.hidden))
+    outputs_calls = []
+    block_outputs = streams.PrunedStream.block_outputs
+    monkeypatch.setattr(streams.PrunedStream, "block_outputs",
+                        lambda self, work: outputs_calls.append(1) or block_outputs(self, work))
+    if not rests:
+        monkeypatch.setattr(streams.PrunedStream, "held_rests", lambda *a, **k: None)
+    config = PruneConfig(sparsity=0.5, tune_epochs=2, tune_lr=lr, tune_skip_groups=2,
+                         tune_precision=precision).for_model(arch)
+    record = prune_block(block, 0, calls, stream, config, device=torch.device("cpu"), last=False,
+                         on_operator=lambda r: None)
+    return block, stream.hidden, record, calls, inputs, len(outputs_calls)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_held_rest_is_residual_corrections_r_star(arch, monkeypatch):
+    """Where the held MLP returns its down projection's output (the operator residual correction
+    refit), the rest ``r = o − M(z)`` is that correction's ``R*``: the untuned outputs are never
+    computed, and in float32 products the tuning's errors, weights and outputs are those of the
+    rest computed from them."""
+    with monkeypatch.context() as m:
+        block_a, out_a, rec_a, _, _, computed_a = _prune_first_block(arch, monkeypatch=m)
+    with monkeypatch.context() as m:
+        block_b, out_b, rec_b, _, _, computed_b = _prune_first_block(arch, rests=False, monkeypatch=m)
+    assert rec_a.held == rec_b.held == "mlp"
+    assert (computed_a, computed_b) == (0, 1)
+    assert rec_a.error_after < rec_a.error_before
+    assert rec_a.error_before == pytest.approx(rec_b.error_before, rel=1e-5)
+    assert rec_a.error_after == pytest.approx(rec_b.error_after, rel=1e-4)
+    a, b = linear_modules(block_a), linear_modules(block_b)
+    for n in a:
+        torch.testing.assert_close(a[n].weight, b[n].weight, rtol=0, atol=5e-5, msg=n)
+    for x, y in zip(out_a, out_b):
+        assert float((x - y).norm() / y.norm()) <= 1e-5
+
+
+def test_tuning_undone_on_the_held_rest_recomputes_the_untuned_outputs(monkeypatch):
+    """With ``R*`` as the rest the untuned outputs are not kept: where the tuning is undone
+    (a step size that blows the error up), the weights are the pruned ones and the outputs
+    handed on are a forward of the block with them."""
+    block, out, record, calls, inputs, computed = _prune_first_block("llama", lr=10.0, monkeypatch=monkeypatch)
+    assert record.held == "mlp" and record.error_after == record.error_before
+    assert computed == 1  # after the tuning, not before
+    for n, m in linear_modules(block).items():
+        assert bool(((m.weight == 0).sum(dim=1) == m.weight.shape[1] // 2).all()), n
+    for c, h, o in zip(calls, inputs.hidden, out):
+        assert torch.equal(o, run_block(block, c, h, torch.device("cpu")))
+
+
+def test_tune_block_without_outputs_needs_the_held_rests():
+    block, dense, calls, hidden = _pruned_first_block("llama")
+    with pytest.raises(ValueError, match="untuned outputs unless the held inputs come with their rests"):
+        tune_block(block, dense, calls, hidden, None, torch.device("cpu"), index=0, epochs=1, lr=1e-3)
+
+
+class _Returns(torch.nn.Module):
+    """An MLP-like module returning ``scale ·`` its projection's output."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.proj, self.scale = torch.nn.Linear(4, 4), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        return y if self.scale == 1 else self.scale * y
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.mlp = _Returns(scale)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.mlp(h)
+
+
+@pytest.mark.parametrize("scale, expected", [(1.0, True), (2.0, False)])
+def test_returns_output_of_checks_the_submodules_output_is_its_operators(scale, expected):
+    from fistaopt.llm.block_tune import returns_output_of
+    from fistaopt.llm.capture import BlockCall
+
+    h = torch.randn(2, 3, 4)
+    assert returns_output_of(_Block(scale), "mlp", "mlp.proj", BlockCall((), {}), h, torch.device("cpu")) is expected
+
+
 def _first_group(model, ids):
     """The names of block 0's first operator group (the operators that read the block's input)."""
     from fistaopt.llm.capture import to_device

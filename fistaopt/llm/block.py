@@ -120,15 +120,17 @@ def prune_block(
                 _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
         if tune:  # the dense copy is there (made above); tuning needs it
             assert work.dense is not None
-            before = stream.block_outputs(work)
+            held = None
+            if held_name is not None and len(work.kept_inputs) == len(calls):
+                held = HeldInputs(held_name, block.get_submodule(held_name), work.kept_inputs,
+                                  stream.held_rests(work, held_name, comm))
+            # the untuned outputs, unless the held module's rest is known (then recomputed if tuning is undone)
+            before = stream.block_outputs(work) if held is None or held.rests is None else None
             targets: list[torch.Tensor | None]
             if config.tune_target == "model":
                 targets = list(stream.dense_model_outputs(work.dense, calls, device))
             else:
                 targets = [work.dense_outputs.get(b) for b in range(len(calls))]
-            held = None
-            if held_name is not None and len(work.kept_inputs) == len(calls):
-                held = HeldInputs(held_name, block.get_submodule(held_name), work.kept_inputs)
             tuned, record = tune_block(block, work.dense, calls, stream.hidden, before, device, targets,
                                        index=index, epochs=config.tune_epochs,
                                        lr=config.step_size(len(groups), skipped),
@@ -136,7 +138,7 @@ def prune_block(
                                        operators=tuned_ops,
                                        autocast=config.tune_autocast(device, next(block.parameters()).dtype),
                                        held=held)
-            stream.hidden = tuned
+            stream.hidden = tuned if tuned is not None else stream.block_outputs(work)
         elif not last:
             if carries_model:  # before the stream advances: the first pruned block reads the dense input from it
                 assert work.dense is not None

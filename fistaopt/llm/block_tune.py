@@ -29,6 +29,12 @@ the same loss without a forward of the rest of the block per step (SmolLM2-135M,
 thread, a 512-token window: a bfloat16 step of 20.0 ms against 31.4 ms through the block,
 ``benchmarks/tune_step.py --operators mlp.gate_proj,mlp.up_proj,mlp.down_proj``).  The
 tuned outputs are ``r_b + S(z_b)``; both products with ``S`` run in the tuning's products.
+Where ``S`` returns the output of the operator that residual correction refit (LLaMA's
+``mlp`` returns its ``down_proj``'s), the rest is that correction's ``R*`` (the block's output
+with the operator's output zero, :mod:`fistaopt.llm.residual`): ``r_b = R*_b`` needs no
+forward, nor do the untuned outputs ``o_b``; the error before tuning is then
+``‖r_b + S(z_b; W_pruned) − t_b‖²`` with ``S``'s products in the tuning's, as after it, and
+``o_b`` is recomputed only where the tuning is undone.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -73,11 +79,14 @@ class TuneRecord:
 @dataclass
 class HeldInputs:
     """The submodule ``module`` (named ``name`` in the block) that holds every tuned operator,
-    and its input per calibration batch, ``(batch, seqlen, d_in)`` on the CPU."""
+    and its input per calibration batch, ``(batch, seqlen, d_in)`` on the CPU; ``rests``: the
+    block's output less the submodule's per batch (on the CPU), where the caller has it
+    (``R*`` of residual correction; module docstring), else None."""
 
     name: str
     module: nn.Module
     inputs: list[torch.Tensor]
+    rests: list[torch.Tensor] | None = None
 
 
 def enclosing_module(operators: Sequence[str]) -> str | None:
@@ -95,19 +104,22 @@ def enclosing_module(operators: Sequence[str]) -> str | None:
 
 
 @torch.no_grad()
-def reads_input_of(block: nn.Module, name: str, operator: str, call: BlockCall, hidden: torch.Tensor,
-                   device: torch.device) -> bool:
-    """Whether submodule ``name`` is called once in a forward of ``block`` and receives exactly
-    what its operator ``operator`` does (its first argument, the same values)."""
+def _called_once_alike(block: nn.Module, name: str, operator: str, call: BlockCall, hidden: torch.Tensor,
+                       device: torch.device, outputs: bool) -> bool:
+    """Whether submodule ``name`` and its operator ``operator`` are called once each in a
+    forward of ``block`` with the same first argument (``outputs``: return the same value)."""
     seen: dict[str, list[torch.Tensor]] = {name: [], operator: []}
 
     def recorder(key: str):
-        def hook(mod: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                seen[key].append(args[0].detach())
+        def hook(mod: nn.Module, args: tuple, out: Any = None) -> None:
+            value = out if outputs else (args[0] if args else None)
+            if isinstance(value, torch.Tensor):
+                seen[key].append(value.detach())
         return hook
 
-    handles = [block.get_submodule(k).register_forward_pre_hook(recorder(k)) for k in (name, operator)]
+    modules = [block.get_submodule(k) for k in (name, operator)]
+    handles = [m.register_forward_hook(recorder(k)) if outputs else m.register_forward_pre_hook(recorder(k))
+               for k, m in zip((name, operator), modules)]
     try:
         call.run(block, hidden.to(device), device)
     finally:
@@ -115,6 +127,21 @@ def reads_input_of(block: nn.Module, name: str, operator: str, call: BlockCall, 
             h.remove()
     outer, inner = seen[name], seen[operator]
     return len(outer) == 1 and len(inner) == 1 and outer[0].shape == inner[0].shape and torch.equal(outer[0], inner[0])
+
+
+def reads_input_of(block: nn.Module, name: str, operator: str, call: BlockCall, hidden: torch.Tensor,
+                   device: torch.device) -> bool:
+    """Whether submodule ``name`` is called once in a forward of ``block`` and receives exactly
+    what its operator ``operator`` does (its first argument, the same values)."""
+    return _called_once_alike(block, name, operator, call, hidden, device, outputs=False)
+
+
+def returns_output_of(block: nn.Module, name: str, operator: str, call: BlockCall, hidden: torch.Tensor,
+                      device: torch.device) -> bool:
+    """Whether submodule ``name`` is called once in a forward of ``block`` and returns exactly
+    what its operator ``operator`` does (the same values): zeroing the operator's output then
+    zeroes the submodule's."""
+    return _called_once_alike(block, name, operator, call, hidden, device, outputs=True)
 
 
 def _split(value: Any, n: int, start: int, stop: int) -> Any:
@@ -142,7 +169,7 @@ def _sq(a: torch.Tensor, b: torch.Tensor | None = None) -> float:
     return float(d.pow(2).sum())
 
 
-def _error_sums(outputs: list[torch.Tensor], targets: list[torch.Tensor], device: torch.device) -> tuple[float, float]:
+def _error_sums(outputs: Iterable[torch.Tensor], targets: list[torch.Tensor], device: torch.device) -> tuple[float, float]:
     """``(Σ_b ‖t_b‖², Σ_b ‖o_b − t_b‖²)``, one batch at a time on ``device`` (a GPU sums there
     what the host would sum on one core)."""
     den = err = 0.0
@@ -186,12 +213,13 @@ def train_step(block: nn.Module, call: BlockCall, hidden: torch.Tensor, target: 
 
 
 def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidden: list[torch.Tensor],
-               outputs: list[torch.Tensor], device: torch.device, targets: list[torch.Tensor | None] | None = None,
+               outputs: list[torch.Tensor] | None, device: torch.device,
+               targets: list[torch.Tensor | None] | None = None,
                *, index: int, epochs: int, lr: float,
                micro_batch: int = 1, windows: int | None = None,
                operators: Sequence[str] | None = None,
                autocast: torch.dtype | None = None,
-               held: HeldInputs | None = None) -> tuple[list[torch.Tensor], TuneRecord]:
+               held: HeldInputs | None = None) -> tuple[list[torch.Tensor] | None, TuneRecord]:
     """Tune ``block``'s kept linear weights in place toward ``dense``'s outputs (module docstring).
 
     ``hidden[b]`` is batch ``b``'s input ``(batch, seqlen, d)``, ``calls[b]`` its call
@@ -203,10 +231,14 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     the error check before and after, and the returned outputs, use the block's dtype.
     ``held``: train that submodule alone on its inputs (module docstring; every operator
     named must lie in it); its outputs then come from the submodule's products under
-    ``autocast``, added to the rest of the block's output.  Returns the block's outputs after tuning, or ``outputs`` with the
-    weights restored where tuning did not lower the calibration error.
+    ``autocast``, added to the rest of the block's output (``held.rests``, or ``outputs`` less the
+    submodule's untuned output).  ``outputs`` may be None only with ``held.rests``.  Returns the
+    block's outputs after tuning; where tuning did not lower the calibration error, the weights
+    restored and ``outputs`` (None when not given: the caller recomputes them).
     """
     t0 = time.perf_counter()
+    if outputs is None and (held is None or held.rests is None):
+        raise ValueError("tune_block needs the untuned outputs unless the held inputs come with their rests")
     given = targets if targets is not None else [None] * len(calls)
     with torch.no_grad():
         targets = [t if t is not None else block_output(c.run(dense, h.to(device), device)).detach().cpu()
@@ -214,7 +246,26 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     weights = [m.weight for name, m in linear_modules(block).items() if operators is None or name in operators]
     masks = [(w != 0).to(w.dtype) for w in weights]
     saved = [w.detach().clone() for w in weights]
-    den, before_sum = _error_sums(outputs, targets, device)
+    # the rest of the block's output, where the held submodule trains alone
+    rests: list[torch.Tensor] = []
+    if held is not None and held.rests is not None:
+        rests = held.rests
+    elif held is not None:
+        assert outputs is not None
+        with torch.no_grad(), _autocast(device, autocast):
+            rests = [o - held.module(z.to(device)).to(o.dtype).cpu().reshape(o.shape)
+                     for o, z in zip(outputs, held.inputs)]
+
+    def held_output(b: int) -> torch.Tensor:
+        """Batch ``b``'s block output ``r_b + S(z_b)`` at the current weights, in the hidden dtype."""
+        assert held is not None
+        with torch.no_grad(), _autocast(device, autocast):
+            y = held.module(held.inputs[b].to(device))
+        r = rests[b]
+        return (r + y.to(r.dtype).cpu().reshape(r.shape)).to(hidden[b].dtype)
+
+    untuned = outputs if outputs is not None else (held_output(b) for b in range(len(calls)))
+    den, before_sum = _error_sums(untuned, targets, device)
     before = before_sum / den
     flags = {id(p): p.requires_grad for p in block.parameters()}
     for p in block.parameters():
@@ -226,13 +277,9 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     # what a step runs, on what, toward what: the block on its inputs, or the held submodule
     # on its own inputs toward the target less the rest of the block's output
     trained, step_calls, step_inputs, step_targets = block, calls, hidden, targets
-    rests: list[torch.Tensor] = []
     if held is not None:
         trained, step_inputs = held.module, held.inputs
         step_calls = [BlockCall((), {}) for _ in calls]
-        with torch.no_grad(), _autocast(device, autocast):
-            rests = [o - held.module(z.to(device)).to(o.dtype).cpu().reshape(o.shape)
-                     for o, z in zip(outputs, held.inputs)]
         step_targets = [(t - r).reshape(*z.shape[:-1], -1) for t, r, z in zip(targets, rests, held.inputs)]
     steps = 0
     try:
@@ -251,17 +298,16 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
             w.requires_grad_(False)
         for p in block.parameters():
             p.requires_grad_(flags[id(p)])
-    tuned, after_sum = [], 0.0
+    tuned: list[torch.Tensor] | None = []
+    after_sum = 0.0
     with torch.no_grad():
         for b, (c, h, t) in enumerate(zip(calls, hidden, targets)):
             if held is not None:
-                with _autocast(device, autocast):
-                    y = held.module(held.inputs[b].to(device))
-                out = rests[b] + y.to(rests[b].dtype).cpu().reshape(rests[b].shape)
+                out = held_output(b)
             else:
                 out = block_output(c.run(block, h.to(device), device))
             after_sum += _sq(out, t)
-            tuned.append(out.detach().cpu())
+            tuned.append(out.detach().cpu())  # type: ignore[union-attr]
     after = after_sum / den
     if not after < before:
         with torch.no_grad():

@@ -29,7 +29,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
-from fistaopt.llm.block_tune import reads_input_of
+from fistaopt.llm.block_tune import reads_input_of, returns_output_of
 from fistaopt.llm.capture import BlockCall, input_of, inputs_of_many, run_block
 from fistaopt.llm.distributed import SINGLE, Communicator
 from fistaopt.llm.model import OperatorGroup
@@ -227,6 +227,26 @@ class PrunedStream:
             self._additive[key] = comm.all_agree(reads)
         # agreed by every rank, so every rank takes the same branch (adds_to_output agrees over them too)
         return self._additive[key] and self.adds_to_output(work, name, comm)
+
+    def held_rests(self, work: BlockWork, name: str, comm: Communicator = SINGLE) -> Hidden | None:
+        """Residual correction's ``R*`` per batch as the rest of the block's output beside
+        submodule ``name`` (:mod:`fistaopt.llm.block_tune`, held inputs), where ``name`` holds
+        the operator that absorbed the residual error and returns exactly its output (checked
+        on the dense copy and the first batch, once per block class; agreed over ``comm``'s
+        ranks); else None.  Taken, the parts are dropped: :meth:`block_outputs` then recomputes."""
+        op = work.residual_of
+        if work.residual_parts is None or op is None or not op.startswith(name + "."):
+            return None
+        assert work.dense is not None
+        key = f"{type(work.dense).__qualname__}.{name}>{op}"
+        if key not in self._additive:
+            returns = returns_output_of(work.dense, name, op, work.calls[0], self.hidden[0], work.device)
+            self._additive[key] = comm.all_agree(returns)
+        if not self._additive[key]:
+            return None
+        _, rests = work.residual_parts
+        work.residual_parts = None
+        return rests
 
     def residual_statistics(self, work: BlockWork, group: OperatorGroup, acc: LayerStatsAccumulator) -> None:
         """Stream the last group's ``X*`` and the targets ``Y = out − R* − b`` that make the
