@@ -298,7 +298,7 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
             w.requires_grad_(False)
         for p in block.parameters():
             p.requires_grad_(flags[id(p)])
-    tuned: list[torch.Tensor] | None = []
+    tuned: list[torch.Tensor] = []
     after_sum = 0.0
     with torch.no_grad():
         for b, (c, h, t) in enumerate(zip(calls, hidden, targets)):
@@ -307,17 +307,19 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
             else:
                 out = block_output(c.run(block, h.to(device), device))
             after_sum += _sq(out, t)
-            tuned.append(out.detach().cpu())  # type: ignore[union-attr]
+            tuned.append(out.detach().cpu())
     after = after_sum / den
-    if not after < before:
+    improved = after < before
+    if not improved:
         with torch.no_grad():
             for w, s in zip(weights, saved):
                 w.copy_(s)
-        tuned, after = outputs, before
+        after = before
+    handed_on = tuned if improved else outputs
     products = str(autocast if autocast is not None else weights[0].dtype).removeprefix("torch.")
     record = TuneRecord(index, before, after, steps, time.perf_counter() - t0, products,
                         held.name if held is not None else None, lr)
     logger.info("block %d tuned%s: output error %.5f -> %.5f (%d steps, %s products, %.1f s)", index,
                 f" ({held.name} on its held inputs)" if held is not None else "", before, after, steps, products,
                 record.seconds)
-    return tuned, record
+    return handed_on, record

@@ -165,7 +165,7 @@ class PrunedStream:
     def __init__(self, hidden: Hidden) -> None:
         self.hidden = hidden
         self.model_targets: Hidden | None = None  # the dense model's hidden states, once carried
-        self._additive: dict[str, bool] = {}  # adds_to_output / reads_input_of, by block class and module
+        self._additive: dict[str, bool] = {}  # adds_to_output / reads_input_of / returns_output_of, by block class and module
 
     def dense_model_outputs(self, dense: nn.Module, calls: list[BlockCall], device: torch.device) -> Hidden:
         """The dense model's hidden states after this block: ``dense`` (the block's unpruned
