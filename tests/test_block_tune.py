@@ -333,14 +333,23 @@ def _prune_first_block(arch, precision="fp32", lr=1e-3, rests=True, monkeypatch=
 def test_the_held_rest_is_residual_corrections_r_star(arch, monkeypatch):
     """Where the held MLP returns its down projection's output (the operator residual correction
     refit), the rest ``r = o − M(z)`` is that correction's ``R*``: the untuned outputs are never
-    computed, and in float32 products the tuning's errors, weights and outputs are those of the
-    rest computed from them."""
-    with monkeypatch.context() as m:
-        block_a, out_a, rec_a, _, _, computed_a = _prune_first_block(arch, monkeypatch=m)
-    with monkeypatch.context() as m:
-        block_b, out_b, rec_b, _, _, computed_b = _prune_first_block(arch, rests=False, monkeypatch=m)
+    computed, nor is the error before tuning (the down projection's residual is that error), and
+    in float32 products the tuning's errors, weights and outputs are those of the rest and the
+    error computed from the untuned outputs."""
+    from fistaopt.llm import block_tune
+
+    sums = {"a": 0, "b": 0}
+    real_sums = block_tune._error_sums
+    for key, rests in (("a", True), ("b", False)):
+        with monkeypatch.context() as m:
+            m.setattr(block_tune, "_error_sums", lambda *a, key=key: sums.__setitem__(key, sums[key] + 1) or real_sums(*a))
+            if rests:
+                block_a, out_a, rec_a, _, _, computed_a = _prune_first_block(arch, monkeypatch=m)
+            else:
+                block_b, out_b, rec_b, _, _, computed_b = _prune_first_block(arch, rests=False, monkeypatch=m)
     assert rec_a.held == rec_b.held == "mlp"
     assert (computed_a, computed_b) == (0, 1)
+    assert sums == {"a": 0, "b": 1}  # the error before tuning: from the residual, from forwards
     assert rec_a.error_after < rec_a.error_before
     assert rec_a.error_before == pytest.approx(rec_b.error_before, rel=1e-5)
     assert rec_a.error_after == pytest.approx(rec_b.error_after, rel=1e-4)
@@ -448,9 +457,11 @@ def test_the_model_target_is_the_dense_models_hidden_states(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prune_toward_the_model_target(arch):
     """The whole prune with ``tune_target="model"``: the exact pattern, and block 0's error
-    before tuning the same as with the block target (nothing is pruned before it)."""
+    before tuning the same as with the block target (nothing is pruned before it; float32
+    products, as the block target's error before tuning is its down projection's residual in
+    IEEE arithmetic where the MLP trains on its held inputs)."""
     ids = calib(nsamples=4, seqlen=16)
-    kw = dict(method="fista", sparsity=0.5, tune_epochs=2, tune_lr=1e-3, progress=False)
+    kw = dict(method="fista", sparsity=0.5, tune_epochs=2, tune_lr=1e-3, tune_precision="fp32", progress=False)
     model = tiny_model(arch)
     report = prune(model, ids, tune_target="model", **kw)
     block_report = prune(tiny_model(arch), ids, **kw)

@@ -95,6 +95,7 @@ def prune_block(
             weights = [op.get_weight() for op in g] if targets else None
             return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device, targets=weights)
 
+        residuals: dict[str, float] = {}  # each pruned operator's residual on the calibration statistics
         if config.error_correction:
             last_name = last_operator(groups)
             if (config.residual_correction and stream.corrects_residual and work.dense is not None
@@ -111,7 +112,7 @@ def prune_block(
                 else:
                     stream.group_statistics(work, g, gi == 0, acc)
                 comm.reduce_statistics(acc)
-                _prune_group(g, gi, acc, index, config, on_operator, comm, sparsities)
+                residuals.update(_prune_group(g, gi, acc, index, config, on_operator, comm, sparsities))
         else:
             accs = [new_acc(g) for g in groups]
             stream.dense_statistics(work, groups, accs)
@@ -127,17 +128,23 @@ def prune_block(
             # the untuned outputs, unless the held module's rest is known (then recomputed if tuning is undone)
             before = stream.block_outputs(work) if held is None or held.rests is None else None
             targets: list[torch.Tensor | None]
+            error_before = None
             if config.tune_target == "model":
                 targets = list(stream.dense_model_outputs(work.dense, calls, device))
             else:
                 targets = [work.dense_outputs.get(b) for b in range(len(calls))]
+                if held is not None and held.rests is not None:
+                    # rest R*: the residual operator's targets were t − R* (less its bias), so its
+                    # residual is the untuned error Σ_b ‖R*_b + S(z_b) − t_b‖², with no forward
+                    assert work.residual_of is not None
+                    error_before = residuals[work.residual_of]
             tuned, record = tune_block(block, work.dense, calls, stream.hidden, before, device, targets,
                                        index=index, epochs=config.tune_epochs,
                                        lr=config.step_size(len(groups), skipped),
                                        micro_batch=config.tune_micro_batch, windows=config.tune_windows,
                                        operators=tuned_ops,
                                        autocast=config.tune_autocast(device, next(block.parameters()).dtype),
-                                       held=held)
+                                       held=held, error_before=error_before)
             stream.hidden = tuned if tuned is not None else stream.block_outputs(work)
         elif not last:
             if carries_model:  # before the stream advances: the first pruned block reads the dense input from it
@@ -160,7 +167,10 @@ def _save_problem(stats: Any, W0: torch.Tensor, index: int, name: str, shape: An
 
 def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumulator, index: int, config: PruneConfig,
                  on_operator: Callable[[OperatorRecord], None], comm: Communicator,
-                 sparsities: Mapping[str, float] | None = None) -> None:
+                 sparsities: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Prune ``group``'s operators in place; returns each one's residual ``Σ_i ‖X* wᵢᵀ − Y_i‖²``
+    by name (undamped, from the calibration statistics, summed over their tokens)."""
+    residuals: dict[str, float] = {}
     with shared_eigh():  # the group's operators read one input: one eigendecomposition for the ℓ0-ADMM rounds
         for k, op in enumerate(group.operators):
             W0 = op.get_weight().to(acc.H.device)
@@ -180,3 +190,5 @@ def _prune_group(group: OperatorGroup, group_index: int, acc: LayerStatsAccumula
             )
             logger.debug("block %d %s: rel. error %.4g", index, op.name, pruned.rel_error)
             on_operator(record)
+            residuals[op.name] = pruned.residual * stats.n_tokens  # the problems are per token
+    return residuals

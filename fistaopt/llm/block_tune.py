@@ -32,9 +32,11 @@ tuned outputs are ``r_b + S(z_b)``; both products with ``S`` run in the tuning's
 Where ``S`` returns the output of the operator that residual correction refit (LLaMA's
 ``mlp`` returns its ``down_proj``'s), the rest is that correction's ``R*`` (the block's output
 with the operator's output zero, :mod:`fistaopt.llm.residual`): ``r_b = R*_b`` needs no
-forward, nor do the untuned outputs ``o_b``; the error before tuning is then
-``‖r_b + S(z_b; W_pruned) − t_b‖²`` with ``S``'s products in the tuning's, as after it, and
-``o_b`` is recomputed only where the tuning is undone.
+forward, nor do the untuned outputs ``o_b``.  Nor does the error before tuning,
+``Σ_b ‖r_b + S(z_b; W_pruned) − t_b‖²``: that operator was fit to ``t_b − R*_b``, so it is
+the operator's residual on its calibration statistics (IEEE arithmetic; the error after
+tuning is formed with ``S``'s products in the tuning's).  ``o_b`` is recomputed only where
+the tuning is undone.
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
                micro_batch: int = 1, windows: int | None = None,
                operators: Sequence[str] | None = None,
                autocast: torch.dtype | None = None,
-               held: HeldInputs | None = None) -> tuple[list[torch.Tensor] | None, TuneRecord]:
+               held: HeldInputs | None = None,
+               error_before: float | None = None) -> tuple[list[torch.Tensor] | None, TuneRecord]:
     """Tune ``block``'s kept linear weights in place toward ``dense``'s outputs (module docstring).
 
     ``hidden[b]`` is batch ``b``'s input ``(batch, seqlen, d)``, ``calls[b]`` its call
@@ -232,7 +235,11 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
     ``held``: train that submodule alone on its inputs (module docstring; every operator
     named must lie in it); its outputs then come from the submodule's products under
     ``autocast``, added to the rest of the block's output (``held.rests``, or ``outputs`` less the
-    submodule's untuned output).  ``outputs`` may be None only with ``held.rests``.  Returns the
+    submodule's untuned output).  ``outputs`` may be None only with ``held.rests``.
+    ``error_before``: the untuned error ``Σ_b ‖o_b − t_b‖²`` where the caller knows it (with
+    ``held.rests = R*``, the residual of the operator that residual correction fit to
+    ``t − R*``, on its calibration statistics in IEEE arithmetic; module docstring); None:
+    one forward per batch forms it.  Returns the
     block's outputs after tuning; where tuning did not lower the calibration error, the weights
     restored and ``outputs`` (None when not given: the caller recomputes them).
     """
@@ -264,8 +271,11 @@ def tune_block(block: nn.Module, dense: nn.Module, calls: list[BlockCall], hidde
         r = rests[b]
         return (r + y.to(r.dtype).cpu().reshape(r.shape)).to(hidden[b].dtype)
 
-    untuned = outputs if outputs is not None else (held_output(b) for b in range(len(calls)))
-    den, before_sum = _error_sums(untuned, targets, device)
+    if error_before is not None:
+        den, before_sum = sum(_sq(t.to(device)) for t in targets), float(error_before)
+    else:
+        untuned = outputs if outputs is not None else (held_output(b) for b in range(len(calls)))
+        den, before_sum = _error_sums(untuned, targets, device)
     before = before_sum / den
     flags = {id(p): p.requires_grad for p in block.parameters()}
     for p in block.parameters():
