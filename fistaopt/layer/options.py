@@ -87,13 +87,11 @@ class LayerOptions:
             comparison favours the ℓ1 candidate (a bfloat16 refit once read a diverged fit as
             a good one: docs/pruning.md, "Speed, fourth pass").
         l0_precision: the products of the ℓ0-ADMM round's iterations, with the same choices
-            (:func:`fistaopt.layer.l0_admm.l0_admm`); None (default): :meth:`l0_precision_for`
-            the pattern, ``"auto"`` (bfloat16 on a device that multiplies it natively) up to 50%
-            unstructured and at N:M, ``"fp32"`` (IEEE) above.  ``"auto"`` kept SmolLM2's mean
-            layer errors within 0.01% of IEEE's at 50%, 2:4 and 70% in ~0.85× the layer time
-            (blocks 0–5 at 50%, alternated: 18.8 / 19.1 s of layer prunes against 22.6 / 21.9 s);
-            at 70% WikiText-2 moved from 152.36 to 159.11 on one seed, so IEEE stays there
-            (docs/pruning.md, "Speed, eighth pass" and "tenth pass").
+            (:func:`fistaopt.layer.l0_admm.l0_admm`); ``"fp32"`` (default, IEEE).  ``"auto"``
+            (bfloat16 on a device that multiplies it natively) kept SmolLM2's mean layer
+            errors within 0.01% of IEEE's at 50%, 2:4 and 70% in ~0.85× the layer time, but
+            no whole-model prune was measurably shorter, and 70% WikiText-2 moved from 152.36
+            to 159.11 on one seed (docs/pruning.md, "Speed, eighth pass").
     """
 
     refit: bool = True
@@ -114,7 +112,7 @@ class LayerOptions:
     l0_min_iter: int = 6
     l0_update_every: int = 1
     precision: str = "auto"
-    l0_precision: str | None = None
+    l0_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
@@ -142,7 +140,7 @@ class LayerOptions:
             raise ValueError(f"xi must be in (0, 1), got {self.xi!r}")
         for name in ("precision", "l0_precision"):
             value = getattr(self, name)
-            if value not in LAYER_PRECISIONS and not (name == "l0_precision" and value is None):
+            if value not in LAYER_PRECISIONS:
                 raise ValueError(f"{name} must be one of {', '.join(LAYER_PRECISIONS)}; got {value!r}")
         if not self.xi_grid or not self.quantiles:
             raise ValueError("xi_grid and quantiles must not be empty")
@@ -165,13 +163,6 @@ class LayerOptions:
         if self.start_refit_iter is not None:
             return self.start_refit_iter
         return 0 if self.round_kind == "l0-admm" else 5
-
-    def l0_precision_for(self, pattern: "Pattern") -> str:
-        """The ℓ0-ADMM round's products for ``pattern``: :attr:`l0_precision`, or when None
-        ``"fp32"`` above 50% unstructured and ``"auto"`` elsewhere."""
-        if self.l0_precision is not None:
-            return self.l0_precision
-        return "fp32" if pattern.unstructured_above_half else "auto"
 
     @classmethod
     def names(cls) -> list[str]:

@@ -109,7 +109,7 @@ class _LayerPrune:
         # round's; the refits run IEEE
         # (a bfloat16 refit once read a diverged fit as a good one: docs/pruning.md)
         self.precision = resolve_precision(options.precision, work.device, solver_options.get("dtype") or work.dtype)
-        self.l0_precision = resolve_precision(options.l0_precision_for(pat), work.device, work.dtype)
+        self.l0_precision = resolve_precision(options.l0_precision, work.device, work.dtype)
         if "precision" in solver_class(solver).option_names():
             solver_options = {**solver_options, "precision": self.precision}
         self.pat, self.solver, self.options, self.solver_options = pat, solver, options, solver_options
