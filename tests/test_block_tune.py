@@ -469,7 +469,8 @@ def test_prune_toward_the_model_target(arch):
         for n, m in linear_modules(block).items():
             w = m.weight.T if type(m).__name__ == "Conv1D" else m.weight
             assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all()), n
-    assert report.tuning[0]["error_before"] == pytest.approx(block_report.tuning[0]["error_before"], rel=1e-5)
+    # the block target's from float32 statistics, c − 2⟨G, W⟩ + ⟨W, WH⟩ (measured: to 1.3e-5 on gpt2)
+    assert report.tuning[0]["error_before"] == pytest.approx(block_report.tuning[0]["error_before"], rel=1e-4)
     assert report.settings["tune_target"] == "model"
 
 

@@ -90,8 +90,10 @@ class LayerOptions:
             (:func:`fistaopt.layer.l0_admm.l0_admm`); ``"fp32"`` (default, IEEE).  ``"auto"``
             (bfloat16 on a device that multiplies it natively) kept SmolLM2's mean layer
             errors within 0.01% of IEEE's at 50%, 2:4 and 70% in ~0.85× the layer time, but
-            no whole-model prune was measurably shorter, and 70% WikiText-2 moved from 152.36
-            to 159.11 on one seed (docs/pruning.md, "Speed, eighth pass").
+            whole-model prunes were not shorter where two prunes shared the cores (50%, seed 0
+            beside each other: 410.1 s against 413.6 s), and WikiText-2 moved from 152.36 to
+            159.11 at 70% and 45.51 to 45.96 at 50% on seed 0 (docs/pruning.md, "Speed, eighth
+            pass" and "tenth pass").
     """
 
     refit: bool = True
