@@ -59,41 +59,66 @@ def profile_one(model_name: str, calib: torch.Tensor, spec: Spec, args: argparse
             "top_tottime": _rows(stats, "tottime", args.top), "top_cumtime": _rows(stats, "cumtime", args.top)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fistaopt import llm
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def prune_parser(doc: str | None, *, blocks: str, nsamples: int) -> argparse.ArgumentParser:
+    """A parser with the arguments of prunes of the shipped model that this script and
+    ``prune_parts.py`` share (``doc``: the script's docstring, whose first line describes it)."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     ap.add_argument("--model", default=None, help="model folder or GGUF (default: the shipped SmolLM2)")
     ap.add_argument("--methods", default="sparsegpt;fista", help="';'-separated method specs, e.g. 'fista[rounds=1]'")
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--pattern", default="unstructured")
-    ap.add_argument("--blocks", type=_blocks, default="0-2", help="blocks to prune, e.g. '0-2' (default) or 'all'")
-    ap.add_argument("--nsamples", type=int, default=32)
+    ap.add_argument("--blocks", type=_blocks, default=blocks, help=f"blocks to prune, e.g. '{blocks}' (default) or 'all'")
+    ap.add_argument("--nsamples", type=int, default=nsamples)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--top", type=int, default=25, help="functions listed per ranking")
     ap.add_argument("--out", default=None, help="write the JSON here too")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def method_specs(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[Spec]:
+    """``--methods`` parsed (a parse error is the parser's one-line error)."""
     try:
         specs = [Spec.parse(s) for s in args.methods.split(";") if s.strip()]
     except ValueError as e:
         ap.error(str(e))
+    if not specs:
+        ap.error("--methods names no method")
+    return specs
+
+
+def load_with_calibration(args: argparse.Namespace) -> tuple[Any, torch.Tensor]:
+    """The model and ``--nsamples`` calibration windows, in ``--threads`` threads."""
+    from fistaopt import llm
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    _, tok = llm.load_model(args.model)
-    calib = llm.calibration_tokens(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
-    runs = [profile_one(args.model, calib, spec, args) for spec in specs]
-    result = {"command": " ".join(["python", "benchmarks/profile_prune.py", *(argv or sys.argv[1:])]),
+    model, tok = llm.load_model(args.model)
+    return model, llm.calibration_tokens(tok, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+
+
+def write_result(script: str, argv: list[str] | None, args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    """Print the JSON of ``runs`` with the command and the machine (and write it to ``--out``)."""
+    result = {"command": " ".join(["python", f"benchmarks/{script}", *(argv or sys.argv[1:])]),
               "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
               "load_average": os.getloadavg(), "torch": torch.__version__, "runs": runs}
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
         _io.write_text(args.out, text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = prune_parser(__doc__, blocks="0-2", nsamples=32)
+    ap.add_argument("--top", type=int, default=25, help="functions listed per ranking")
+    args = ap.parse_args(argv)
+    specs = method_specs(ap, args)
+
+    _, calib = load_with_calibration(args)
+    runs = [profile_one(args.model, calib, spec, args) for spec in specs]
+    write_result("profile_prune.py", argv, args, runs)
     return 0
 
 
