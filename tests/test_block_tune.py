@@ -338,18 +338,18 @@ def test_the_held_rest_is_residual_corrections_r_star(arch, monkeypatch):
     error computed from the untuned outputs."""
     from fistaopt.llm import block_tune
 
-    sums = {"a": 0, "b": 0}
+    sums = {True: 0, False: 0}  # error sums over forwards, with and without R* as the rest
     real_sums = block_tune._error_sums
-    for key, rests in (("a", True), ("b", False)):
+    runs = {}
+    for rests in (True, False):
         with monkeypatch.context() as m:
-            m.setattr(block_tune, "_error_sums", lambda *a, key=key: sums.__setitem__(key, sums[key] + 1) or real_sums(*a))
-            if rests:
-                block_a, out_a, rec_a, _, _, computed_a = _prune_first_block(arch, monkeypatch=m)
-            else:
-                block_b, out_b, rec_b, _, _, computed_b = _prune_first_block(arch, rests=False, monkeypatch=m)
+            m.setattr(block_tune, "_error_sums", lambda *a, r=rests: sums.__setitem__(r, sums[r] + 1) or real_sums(*a))
+            runs[rests] = _prune_first_block(arch, rests=rests, monkeypatch=m)
+    block_a, out_a, rec_a, _, _, computed_a = runs[True]
+    block_b, out_b, rec_b, _, _, computed_b = runs[False]
     assert rec_a.held == rec_b.held == "mlp"
     assert (computed_a, computed_b) == (0, 1)
-    assert sums == {"a": 0, "b": 1}  # the error before tuning: from the residual, from forwards
+    assert sums == {True: 0, False: 1}  # the error before tuning: from the residual, from forwards
     assert rec_a.error_after < rec_a.error_before
     assert rec_a.error_before == pytest.approx(rec_b.error_before, rel=1e-5)
     assert rec_a.error_after == pytest.approx(rec_b.error_after, rel=1e-4)
