@@ -2,9 +2,9 @@
 
 Step 1 (``capture``) runs the default prune of SmolLM2 (or ``--model``) up to the last
 block asked for and saves, for every operator of those blocks, its dense weight ``W0``
-and the streamed statistics it was pruned from (``H = X*ᵀX*``, ``C = XᵀX*``, ``D = XᵀX``,
-or for an operator with streamed targets its rows of ``G = YᵀX*`` and ``c = ‖Y‖²``; the
-token count), as they were with the default settings (error correction, pruned
+and the streamed statistics it was pruned from (``H = X*ᵀX*``, ``C = XᵀX*`` and ``D = XᵀX``
+or its rows of ``c = ‖XW₀ᵀ‖²``, or for an operator with streamed targets its rows of
+``G = YᵀX*`` and ``c = ‖Y‖²``; the token count), as they were with the default settings (error correction, pruned
 block inputs)::
 
     python benchmarks/layer_variants.py capture --blocks 3 --sparsity 0.5 --out runs/ops50
@@ -53,8 +53,10 @@ def capture(args: argparse.Namespace) -> int:
     def recording(comm, W0, stats, config):  # same signature as distributed.prune_weight_sharded
         index, name = next(calls)
         if index in wanted:
-            if isinstance(stats, OperatorStats):  # streamed targets (down projections): G and c of its rows
+            if isinstance(stats, OperatorStats) and stats.G is not None:  # streamed targets: G and c of its rows
                 sums = {"G": stats.G, "c": stats.c}
+            elif isinstance(stats, OperatorStats):  # C, and c from the dense forward: its rows
+                sums = {"C": stats.C, "c": stats.c}
             else:
                 sums = {"C": stats.C, "D": stats.D}
             torch.save({"W0": W0, "H": stats.H, **sums, "n_tokens": stats.n_tokens,
@@ -75,12 +77,15 @@ def load_operator(path: Path) -> tuple[torch.Tensor, LayerStatsAccumulator | Ope
     saved = torch.load(path)
     W0, H = saved["W0"], saved["H"]
     targets = [W0] if "G" in saved else None
-    acc = LayerStatsAccumulator(H.shape[0], dtype=H.dtype, targets=targets)
+    rows = [W0.shape[0]] if "G" not in saved and "c" in saved else None
+    acc = LayerStatsAccumulator(H.shape[0], dtype=H.dtype, targets=targets, output_rows=rows)
     acc.H, acc.n_tokens = H, saved["n_tokens"]
-    if targets is None:
-        acc.C, acc.D = saved["C"], saved["D"]
-    else:
+    if targets is not None:
         acc.G, acc.c = saved["G"], saved["c"]
+    elif rows is not None:
+        acc.C, acc.c = saved["C"], saved["c"]
+    else:
+        acc.C, acc.D = saved["C"], saved["D"]
     return W0, acc.for_operator(0), f"block{saved['block']:02d}.{saved['name']}"
 
 

@@ -34,10 +34,10 @@ def _recording_accumulator(captured):
             self.xs, self.x_stars, self.ys = [], [], []
             captured.append(self)
 
-        def add(self, X, X_star=None):
+        def add(self, X, X_star=None, c=None):
             self.xs.append(X.detach().clone())
             self.x_stars.append(None if X_star is None else X_star.detach().clone())
-            super().add(X, X_star)
+            super().add(X, X_star, c=c)
 
         def add_targets(self, Y, X_star):
             self.ys.append(Y.detach().clone())
@@ -144,6 +144,34 @@ def test_error_corrected_statistics_of_o_proj():
     assert not torch.allclose(X, X_star)
     # group 0 (q,k,v) has nothing pruned before it: dense statistics only
     assert all(x is None for x in captured[0].x_stars)
+
+
+@pytest.mark.parametrize("arch, skip", [("llama", 0), ("llama", 1), ("opt", 0), ("gpt2", 0)])
+def test_c_of_the_later_groups_comes_from_the_dense_forwards_outputs(arch, skip, monkeypatch):
+    """With error correction the groups after the first (not streaming targets) take
+    ``cᵢ = ‖X w₀ᵢᵀ‖²`` from the shared dense forward's outputs (bias excluded, the same tokens
+    as ``X``) instead of ``D = XᵀX``; the prune matches the one that streams ``D``."""
+    dense = tiny_model(arch, scale=5.0)
+    ids = calib(4, 16)
+    kw = dict(method="sparsegpt", error_correction=True, batch_size=2, skip_tokens=skip)
+    captured, report = _prune_recording(copy.deepcopy(dense), ids, **kw)
+    groups = [(gi, g) for block in model_operators(dense) for gi, g in enumerate(block)]
+    assert len(captured) == len(groups)
+    given = [(acc, g) for acc, (_, g) in zip(captured, groups) if acc.takes_c]
+    # every group after a block's first whose d_out sum is not below d_in (else it streams targets)
+    assert [acc for acc, _ in given] == [acc for acc, (gi, g) in zip(captured, groups)
+                                         if gi > 0 and sum(op.d_out for op in g) >= g.d_in]
+    for acc, g in given:
+        assert acc.D is None and acc.c is not None
+        W0 = torch.cat([op.get_weight() for op in g]).to(torch.float64)
+        expected = (_stacked(acc.xs).to(torch.float64) @ W0.T).square().sum(0)
+        torch.testing.assert_close(acc.c, expected, rtol=1e-5, atol=1e-8)
+    # the same prune with D streamed (no shared dense forward): the same errors
+    monkeypatch.setattr("fistaopt.llm.streams.DENSE_INPUT_CACHE_BYTES", 0)
+    d_captured, d_report = _prune_recording(copy.deepcopy(dense), ids, **kw)
+    assert all(acc.D is not None for acc in d_captured if acc.takes_c)
+    for a, b in zip(report.records, d_report.records):
+        assert a.rel_error == pytest.approx(b.rel_error, rel=1e-4, abs=1e-7)
 
 
 def test_the_down_projection_absorbs_attentions_residual_error():

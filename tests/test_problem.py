@@ -98,6 +98,25 @@ def test_layer_accumulator_streaming_equals_one_shot():
         LayerStatsAccumulator(8).to_problem(W0)
 
 
+def _assert_per_operator_problems(acc, weights, X, Xs):
+    """Each operator's problem from ``acc`` (normalised, damped or not, and a part of its rows)
+    equals the one-shot problem of ``X, X*`` and its weight."""
+    n = X.shape[0]
+    for k, W0 in enumerate(weights):
+        stats = acc.for_operator(k)
+        for damp in (0.0, 0.01):
+            p = stats.to_problem(W0, 0.1, damp=damp)
+            ref = LassoProblem.from_layer(W0, X, Xs, lam=0.1)
+            ref = LassoProblem(H=ref.H / n, G=ref.G / n, c=ref.c / n, lam=0.1).with_damping(W0, damp)
+            for a, b in ((p.H, ref.H), (p.G, ref.G), (p.c, ref.c)):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        part = stats.rows(1, W0.shape[0]).to_problem(W0[1:], 0.1)
+        torch.testing.assert_close(part.G, stats.to_problem(W0, 0.1).G[1:], rtol=0, atol=0)
+        torch.testing.assert_close(part.c, stats.to_problem(W0, 0.1).c[1:], rtol=0, atol=0)
+        with pytest.raises(ValueError, match="operator's shape"):
+            stats.to_problem(W0[1:])
+
+
 def test_layer_accumulator_with_targets_equals_the_one_shot_problem_per_operator_and_rows():
     """G = YᵀX*, c = ‖Y‖² from Y = X W₀ᵀ (targets) is the problem of C and D, operator by operator."""
     X = _rand(0, 60, 8)
@@ -107,19 +126,7 @@ def test_layer_accumulator_with_targets_equals_the_one_shot_problem_per_operator
     for lo, hi in [(0, 25), (25, 60)]:
         acc.add(X[lo:hi].reshape(1, hi - lo, 8), Xs[lo:hi])
     assert acc.error_corrected and acc.n_tokens == 60
-    for k, W0 in enumerate((W_a, W_b)):
-        stats = acc.for_operator(k)
-        for damp in (0.0, 0.01):
-            p = stats.to_problem(W0, 0.1, damp=damp)
-            ref = LassoProblem.from_layer(W0, X, Xs, lam=0.1)
-            ref = LassoProblem(H=ref.H / 60, G=ref.G / 60, c=ref.c / 60, lam=0.1).with_damping(W0, damp)
-            for a, b in ((p.H, ref.H), (p.G, ref.G), (p.c, ref.c)):
-                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-        part = stats.rows(1, W0.shape[0]).to_problem(W0[1:], 0.1)
-        torch.testing.assert_close(part.G, stats.to_problem(W0, 0.1).G[1:], rtol=0, atol=0)
-        torch.testing.assert_close(part.c, stats.to_problem(W0, 0.1).c[1:], rtol=0, atol=0)
-        with pytest.raises(ValueError, match="operator's shape"):
-            stats.to_problem(W0[1:])
+    _assert_per_operator_problems(acc, (W_a, W_b), X, Xs)
     with pytest.raises(ValueError, match="for_operator"):
         acc.to_problem(W_a)
     with pytest.raises(ValueError, match="for_operator"):
@@ -130,6 +137,43 @@ def test_layer_accumulator_with_targets_equals_the_one_shot_problem_per_operator
         LayerStatsAccumulator(8, targets=[_rand(1, 3, 7)])
     plain = LayerStatsAccumulator(8)
     assert plain.for_operator(1) is plain and plain.rows(0, 2) is plain
+
+
+def test_layer_accumulator_with_given_c_equals_the_one_shot_problem_per_operator_and_rows():
+    """C = XᵀX* streamed and c = ‖X W₀ᵀ‖² given per batch (no D) is the problem of C and D."""
+    X = _rand(0, 60, 8)
+    Xs = X + 0.05 * _rand(2, 60, 8)
+    W_a, W_b = _rand(1, 3, 8), _rand(3, 2, 8)
+    W = torch.cat([W_a, W_b])
+    acc = LayerStatsAccumulator(8, dtype=f64, output_rows=[3, 2])
+    assert acc.takes_c and not LayerStatsAccumulator(8).takes_c
+    for lo, hi in [(0, 25), (25, 60)]:
+        acc.add(X[lo:hi].reshape(1, hi - lo, 8), Xs[lo:hi], c=(X[lo:hi] @ W.T).square().sum(0))
+    assert acc.D is None and acc.error_corrected and acc.n_tokens == 60
+    _assert_per_operator_problems(acc, (W_a, W_b), X, Xs)
+    with pytest.raises(ValueError, match="for_operator"):
+        acc.to_problem(W_a)
+    with pytest.raises(ValueError, match="every batch or with none"):
+        acc.add(X[:3], Xs[:3])
+    with pytest.raises(ValueError, match="one entry per output row"):
+        acc.add(X[:3], Xs[:3], c=torch.ones(4, dtype=f64))
+    # without output_rows, with targets or without X_star, c is refused
+    with pytest.raises(ValueError, match="output_rows"):
+        LayerStatsAccumulator(8, dtype=f64).add(X[:3], Xs[:3], c=torch.ones(5, dtype=f64))
+    with pytest.raises(ValueError, match="with X_star"):
+        LayerStatsAccumulator(8, dtype=f64, output_rows=[5]).add(X[:3], c=torch.ones(5, dtype=f64))
+    with pytest.raises(ValueError, match="with X_star"):
+        LayerStatsAccumulator(8, dtype=f64, targets=[W_a]).add(X[:3], Xs[:3], c=torch.ones(3, dtype=f64))
+    with pytest.raises(ValueError, match="not both"):
+        LayerStatsAccumulator(8, targets=[W_a], output_rows=[3])
+    with pytest.raises(ValueError, match="output widths"):
+        LayerStatsAccumulator(8, output_rows=[3, 0])
+    # the first batch without c: D is streamed, and a later c is refused
+    d_mode = LayerStatsAccumulator(8, dtype=f64, output_rows=[3, 2])
+    d_mode.add(X[:3], Xs[:3])
+    assert d_mode.D is not None and d_mode.for_operator(1) is d_mode
+    with pytest.raises(ValueError, match="every batch or with none"):
+        d_mode.add(X[:3], Xs[:3], c=(X[:3] @ W.T).square().sum(0))
 
 
 def test_data_accumulator_streaming_equals_one_shot():

@@ -34,7 +34,7 @@ from fistaopt.problems.accumulate import targets_pay
 
 logger = logging.getLogger(__name__)
 
-#: Makes the statistics accumulator of one group: ``(d_in, dtype=, device=, targets=) -> accumulator``.
+#: Makes the statistics accumulator of one group: ``(d_in, dtype=, device=, targets=, output_rows=) -> accumulator``.
 AccumulatorFactory = Callable[..., LayerStatsAccumulator]
 
 
@@ -91,9 +91,11 @@ def prune_block(
             if name is not None and stream.holds_tuned_input(work, name, first_tuned, comm):
                 work.keep_inputs_of, held_name = first_tuned, name
 
-        def new_acc(g: OperatorGroup, targets: bool = False) -> LayerStatsAccumulator:
+        def new_acc(g: OperatorGroup, targets: bool = False, takes_c: bool = False) -> LayerStatsAccumulator:
             weights = [op.get_weight() for op in g] if targets else None
-            return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device, targets=weights)
+            rows = [op.d_out for op in g] if takes_c else None
+            return accumulator(g.d_in, dtype=config.torch_stats_dtype, device=device, targets=weights,
+                               output_rows=rows)
 
         residuals: dict[str, float] = {}  # each pruned operator's residual on the calibration statistics
         if config.error_correction:
@@ -104,10 +106,16 @@ def prune_block(
             stream.start_pruned_forwards(work, groups)
             # the last group's X is not needed when its operator absorbs the residual error
             stream.share_dense_forward(work, groups[1:-1] if work.residual_of is not None else groups[1:])
+            # the groups after the first stream G and c from their targets where that pays, else
+            # C and c (from the shared forward's outputs where it computes them: no D = XᵀX)
+            absorbs = [work.residual_of is not None and gi == len(groups) - 1 for gi in range(len(groups))]
+            targets = [a or (gi > 0 and targets_pay(g.d_in, [op.d_out for op in g]))
+                       for gi, (g, a) in enumerate(zip(groups, absorbs))]
+            work.c_groups = [g for gi, g in enumerate(groups) if gi > 0 and not targets[gi]]
+            work.stats_dtype = config.torch_stats_dtype
             for gi, g in enumerate(groups):
-                absorbs = work.residual_of is not None and gi == len(groups) - 1
-                acc = new_acc(g, targets=absorbs or (gi > 0 and targets_pay(g.d_in, [op.d_out for op in g])))
-                if absorbs:
+                acc = new_acc(g, targets=targets[gi], takes_c=gi > 0 and not targets[gi])
+                if absorbs[gi]:
                     stream.residual_statistics(work, g, acc)
                 else:
                     stream.group_statistics(work, g, gi == 0, acc)

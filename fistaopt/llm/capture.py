@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -185,24 +185,40 @@ def inputs_of_many(
     hidden: torch.Tensor,
     device: torch.device | str | None = None,
     outputs: list[torch.Tensor] | None = None,
+    on_output: Mapping[nn.Module, Callable[[torch.Tensor], None]] | None = None,
 ) -> list[torch.Tensor]:
     """Inputs of several modules of ``block`` from one forward, stopping after the last is reached.
 
     Used without error correction, where all statistics of a block come from the dense block.
     With ``outputs`` (a list) the forward runs to its end and the block's output (on the
-    CPU) is appended to it.
+    CPU) is appended to it.  ``on_output`` maps modules to a function that receives the
+    module's first output (detached); the forward then runs until each of them has run.
     """
     captured: dict[int, torch.Tensor] = {}
     wanted = {id(m) for m in modules}
+    handed: set[int] = set()
+    handlers = {id(m): fn for m, fn in (on_output or {}).items()}
     handles = []
+
+    def done() -> bool:
+        return outputs is None and wanted.issubset(captured) and handed.issuperset(handlers)
 
     def hook(mod: nn.Module, args: tuple) -> None:
         captured.setdefault(id(mod), args[0].detach())
-        if outputs is None and wanted.issubset(captured):
+        if done():
+            raise StopForward
+
+    def output_hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if id(mod) not in handed:
+            handed.add(id(mod))
+            handlers[id(mod)](out.detach())
+        if done():
             raise StopForward
 
     for m in modules:
         handles.append(m.register_forward_pre_hook(hook))
+    for m in (on_output or {}):
+        handles.append(m.register_forward_hook(output_hook))
     try:
         out = call.run(block, hidden.to(device) if device is not None else hidden, device)
         if outputs is not None:
@@ -213,6 +229,7 @@ def inputs_of_many(
         for h in handles:
             h.remove()
     missing = [type(m).__name__ for m in modules if id(m) not in captured]
+    missing += [type(m).__name__ for m in (on_output or {}) if id(m) not in handed]
     if missing:
         raise RuntimeError(f"modules not called during the block forward: {missing}")
     return [captured[id(m)] for m in modules]

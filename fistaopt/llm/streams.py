@@ -24,7 +24,7 @@ by choosing the class (:func:`make_stream`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -43,6 +43,26 @@ Hidden = list[torch.Tensor]
 def skip_tokens(x: torch.Tensor, k: int) -> torch.Tensor:
     """``x (batch, seq, d)`` without its first ``k`` positions (tokens) when ``k > 0``."""
     return x[:, k:] if k > 0 and x.ndim >= 3 else x
+
+
+#: Tokens per chunk of :func:`squared_outputs` (a chunk's square stays in the CPU's cache).
+_SQUARE_CHUNK = 128
+
+
+def squared_outputs(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``Σ_t (out − bias)²_t`` per output column of ``out (..., d_out)``: ``(d_out,)`` float64.
+
+    ``out − bias = X W₀ᵀ`` for a linear operator's output, so this is one batch's ``c`` of its
+    rows; the squares are summed in ``out``'s dtype over chunks of :data:`_SQUARE_CHUNK`
+    tokens, the chunks' sums in float64.
+    """
+    y = out.reshape(-1, out.shape[-1])
+    c = torch.zeros(y.shape[-1], dtype=torch.float64, device=y.device)
+    for chunk in y.split(_SQUARE_CHUNK):
+        if bias is not None:
+            chunk = chunk - bias
+        c += chunk.square().sum(0)
+    return c
 
 
 #: Largest total size of the dense copy's group inputs kept between the groups of one
@@ -84,6 +104,10 @@ class BlockWork:
     dense: nn.Module | None = None  # an unpruned copy, when the stream needs one
     outputs: Hidden = field(default_factory=list)  # dense outputs captured on the way (dense mode)
     cached_groups: list[OperatorGroup] = field(default_factory=list)
+    #: groups whose ``c`` (the squared norms of their dense outputs) the shared forward gives,
+    #: where those outputs are in ``stats_dtype`` (:meth:`dense_c`; their accumulators then skip ``D``)
+    c_groups: list[OperatorGroup] = field(default_factory=list)
+    stats_dtype: torch.dtype = torch.float32
     pruned_forwards: SteppedForwards | None = None  # the block's paused forwards, when they fit
     keep_dense_outputs: bool = False  # the shared dense forward's outputs are kept (block tuning's targets)
     dense_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # by batch, from the shared forward
@@ -92,6 +116,7 @@ class BlockWork:
     keep_inputs_of: str | None = None  # an operator whose X* is kept per batch (block tuning's held inputs)
     kept_inputs: Hidden = field(default_factory=list)  # that operator's X*, per batch (on the CPU)
     _dense_inputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    _dense_c: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def input_of(self, dense: bool, group: OperatorGroup, b: int, hidden: torch.Tensor) -> torch.Tensor:
         """The input of ``group`` for batch ``b`` in the dense copy or the (partly pruned) block."""
@@ -119,11 +144,34 @@ class BlockWork:
             modules = [self.dense.get_submodule(n) for n in names]
             to_end = self.keep_dense_outputs or self.residual_of is not None
             outputs: list[torch.Tensor] | None = [] if to_end else None
+            squares: dict[str, torch.Tensor] = {}  # by operator
+
+            def square(name: str, bias: torch.Tensor | None) -> Callable[[torch.Tensor], None]:
+                def keep(out: torch.Tensor) -> None:
+                    if out.dtype == self.stats_dtype:
+                        squares[name] = squared_outputs(skip_tokens(out, self.skip), bias)
+                return keep
+
+            c_groups = [g for g in self.c_groups if any(g is cached for cached in self.cached_groups)]
+            on_output = {}
+            for g in c_groups:
+                for op in g:
+                    module = self.dense.get_submodule(op.name)
+                    bias = getattr(module, "bias", None)
+                    on_output[module] = square(op.name, None if bias is None else bias.detach())
             self._dense_inputs[b] = dict(zip(names, inputs_of_many(self.dense, modules, self.calls[b], hidden,
-                                                                    self.device, outputs)))
+                                                                    self.device, outputs, on_output)))
+            self._dense_c[b] = {g.operators[0].name: torch.cat([squares[op.name] for op in g])
+                                for g in c_groups if all(op.name in squares for op in g)}
             if outputs:
                 self.dense_outputs[b] = outputs[0]
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
+
+    def dense_c(self, group: OperatorGroup, b: int) -> torch.Tensor | None:
+        """Batch ``b``'s ``c`` of ``group`` (``Σ_t (X W₀ᵀ)²`` per output row of its operators, in
+        order) from the shared forward, once :meth:`dense_input` ran it; None where it was not
+        computed (the group's accumulator then streams ``D = XᵀX``)."""
+        return self._dense_c.get(b, {}).pop(group.operators[0].name, None)
 
     def dense_output(self, b: int, hidden: torch.Tensor) -> torch.Tensor:
         """The dense copy's output for batch ``b`` (on the CPU): from the shared forward (kept
@@ -201,7 +249,8 @@ class PrunedStream:
             if first or work.dense is None:  # nothing of this block is pruned yet
                 acc.add(x_star)
             else:
-                acc.add(work.dense_input(group, b, h), x_star)
+                x = work.dense_input(group, b, h)
+                acc.add(x, x_star, c=work.dense_c(group, b) if acc.takes_c else None)
 
     def adds_to_output(self, work: BlockWork, name: str, comm: Communicator = SINGLE) -> bool:
         """Whether the block's operator ``name`` adds its output to the block's

@@ -29,6 +29,13 @@ class LayerStatsAccumulator:
     operators pruned (intra-block error correction).  When ``X*`` is never given
     (``X* = X``) only ``H`` is kept and ``C = D = H``.
 
+    ``D`` serves only ``cᵢ = w₀ᵢ D w₀ᵢᵀ = ‖X w₀ᵢᵀ‖²``, the squared norms of the dense
+    outputs.  A caller whose forward computes those outputs anyway (the dense block's, with
+    error correction) passes each batch's ``c`` to :meth:`add` instead: ``T·Σd_out``
+    element-wise work against ``2·T·d_in²`` multiply-adds for ``D``.  That needs the operators'
+    output widths (``output_rows``), and each operator's statistics are then
+    :meth:`for_operator`'s (``H`` and ``C`` shared, ``c`` its rows).
+
     With ``targets`` (the dense weights ``W₀ₖ (d_outₖ, d_in)`` of the operators) the target
     side is streamed per operator instead: ``Yₖ = X W₀ₖᵀ``, ``Gₖ = Yₖᵀ X*`` and
     ``cₖ = ‖Yₖ‖²`` per row (``c`` summed in float64).  That costs ``2·N·d_in·Σd_out``
@@ -41,10 +48,12 @@ class LayerStatsAccumulator:
         dtype: accumulation dtype (float32 default; float64 for exactness).
         device: where the sums live.
         targets: the operators' dense weights, in order (see above), or None.
+        output_rows: the operators' output widths ``d_outₖ``, in order, for a ``c`` given to
+            :meth:`add` (see above); None: ``D`` is streamed.
     """
 
     def __init__(self, d_in: int, *, dtype: torch.dtype = torch.float32, device: Any = None,
-                 targets: Sequence[Any] | None = None) -> None:
+                 targets: Sequence[Any] | None = None, output_rows: Sequence[int] | None = None) -> None:
         if int(d_in) <= 0:
             raise ValueError(f"d_in must be positive, got {d_in}")
         self.d_in = int(d_in)
@@ -68,10 +77,24 @@ class LayerStatsAccumulator:
             self.target_rows = [W.shape[0] for W in Ws]
             self.G = torch.zeros_like(self.W_targets)
             self.c = torch.zeros(self.W_targets.shape[0], dtype=torch.float64, device=self.device)
+        if output_rows is not None:
+            if targets is not None:
+                raise ValueError("give targets or output_rows, not both (targets set the rows)")
+            rows = [int(r) for r in output_rows]
+            if not rows or any(r <= 0 for r in rows):
+                raise ValueError(f"output_rows must be positive output widths, got {list(output_rows)}")
+            self.target_rows = rows
 
-    def add(self, X: Any, X_star: Any = None) -> None:
-        """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count)."""
+    def add(self, X: Any, X_star: Any = None, c: Any = None) -> None:
+        """Add a batch: ``X`` and ``X_star`` of shape ``(..., d_in)`` (same token count).
+
+        ``c``: with ``X_star``, this batch's ``Σ_t (X W₀ᵀ)²_ti`` per output row ``(Σ d_outₖ,)``
+        (the operators' dense outputs, bias excluded, over the same tokens), which then stands
+        for ``D``: give it for every batch or for none (needs ``output_rows``).
+        """
         X = _tokens(X, "X", self.d_in, self.dtype, self.device)
+        if c is not None and (X_star is None or self.W_targets is not None):
+            raise ValueError("c is given with X_star, to an accumulator without targets")
         if self.W_targets is not None:
             Xs = X if X_star is None else _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
             _same_tokens(X, Xs)
@@ -87,10 +110,26 @@ class LayerStatsAccumulator:
                 if self.n_tokens > 0:
                     raise ValueError("this accumulator received batches without X_star before")
                 self.C = torch.zeros_like(self.H)
-                self.D = torch.zeros_like(self.H)
+                if c is None:
+                    self.D = torch.zeros_like(self.H)
+                else:
+                    if not self.target_rows:
+                        raise ValueError("c needs an accumulator with output_rows (the operators' output widths)")
+                    self.c = torch.zeros(sum(self.target_rows), dtype=torch.float64, device=self.device)
+            if (c is None) != (self.c is None):
+                raise ValueError("give c with every batch or with none")
+            if c is not None:
+                assert self.c is not None
+                c = as_tensor(c, "c").reshape(-1).to(device=self.device, dtype=torch.float64)
+                if c.shape != self.c.shape:
+                    raise ValueError(f"c must have one entry per output row ({self.c.numel()}), got {c.numel()}")
+                check_finite(c, "c")
+                self.c += c
+            else:
+                assert self.D is not None
+                self.D.addmm_(X.T, X)
             self.H.addmm_(Xs.T, Xs)
             self.C.addmm_(X.T, Xs)
-            self.D.addmm_(X.T, X)
         self.n_tokens += X.shape[0]
 
     def add_targets(self, Y: Any, X_star: Any) -> None:
@@ -116,6 +155,11 @@ class LayerStatsAccumulator:
     def error_corrected(self) -> bool:
         return self.C is not None or self.W_targets is not None
 
+    @property
+    def takes_c(self) -> bool:
+        """Whether :meth:`add` takes a batch's ``c`` (made with ``output_rows``)."""
+        return self.W_targets is None and bool(self.target_rows)
+
     def sums(self) -> list[torch.Tensor]:
         """The summed statistics in the accumulation dtype (``c``, float64, is not among them)."""
         return [t for t in (self.H, self.C, self.D, self.G) if t is not None]
@@ -126,16 +170,17 @@ class LayerStatsAccumulator:
 
     def for_operator(self, k: int) -> "LayerStatsAccumulator | OperatorStats":
         """The statistics of the group's operator ``k``: this accumulator itself, or with
-        ``targets`` the operator's rows of ``G`` and ``c``."""
-        if self.W_targets is None:
+        ``targets`` (or a given ``c``) the operator's rows of ``G`` and ``c``."""
+        if self.W_targets is None and self.c is None:
             return self
         start = sum(self.target_rows[:k])
         return OperatorStats(self, start, start + self.target_rows[k])
 
     def rows(self, start: int, stop: int) -> "LayerStatsAccumulator":
         """The statistics of rows ``start:stop`` of a weight: the same (``H, C, D`` hold no rows)."""
-        if self.W_targets is not None:
-            raise ValueError("an accumulator with targets holds rows per operator: use for_operator(k).rows(...)")
+        if self.c is not None:
+            raise ValueError("an accumulator with targets or a given c holds rows per operator: "
+                             "use for_operator(k).rows(...)")
         return self
 
     def to_problem(
@@ -147,8 +192,9 @@ class LayerStatsAccumulator:
         the damping); with ``normalize`` every statistic is divided by the token count (a
         per-token objective, so ``λ`` does not depend on the calibration size).
         """
-        if self.W_targets is not None:
-            raise ValueError("an accumulator with targets makes each operator's problem: use for_operator(k)")
+        if self.c is not None:
+            raise ValueError("an accumulator with targets or a given c makes each operator's problem: "
+                             "use for_operator(k)")
         scale = self._scale(normalize)
         H = self.H * scale
         C = None if self.C is None else self.C * scale
@@ -172,7 +218,8 @@ def targets_pay(d_in: int, d_outs: Sequence[int]) -> bool:
 
 
 class OperatorStats:
-    """One operator's rows of a :class:`LayerStatsAccumulator` with targets: ``H`` shared, ``G``, ``c`` its own."""
+    """One operator's rows of a :class:`LayerStatsAccumulator` with targets (``H`` shared, ``G``
+    and ``c`` its own) or with a given ``c`` (``H`` and ``C`` shared, ``c`` its own)."""
 
     def __init__(self, acc: LayerStatsAccumulator, start: int, stop: int) -> None:
         self.acc, self.start, self.stop = acc, start, stop
@@ -186,10 +233,15 @@ class OperatorStats:
         return self.acc.n_tokens
 
     @property
-    def G(self) -> torch.Tensor:
-        """This operator's rows of ``G = YᵀX*`` ``(d_out, d_in)`` (summed, not normalised)."""
-        assert self.acc.G is not None
-        return self.acc.G[self.start:self.stop]
+    def C(self) -> torch.Tensor | None:
+        """``C = XᵀX*`` ``(d_in, d_in)`` where ``G = W₀C`` (a given ``c``); None with targets."""
+        return self.acc.C
+
+    @property
+    def G(self) -> torch.Tensor | None:
+        """This operator's rows of ``G = YᵀX*`` ``(d_out, d_in)`` (summed, not normalised); None
+        where ``G = W₀C`` (a given ``c``: :meth:`to_problem` forms it)."""
+        return None if self.acc.G is None else self.acc.G[self.start:self.stop]
 
     @property
     def c(self) -> torch.Tensor:
@@ -214,15 +266,22 @@ class OperatorStats:
         self, W0: Any, lam: Any = 0.0, *, damp: float = 0.0, normalize: bool = True, **kwargs: Any
     ) -> LassoProblem:
         """The layer problem for this operator's dense weight ``W0 (d_out, d_in)`` (as
-        :meth:`LayerStatsAccumulator.to_problem`, with ``G`` and ``c`` from the targets)."""
+        :meth:`LayerStatsAccumulator.to_problem`, with ``G`` from the targets or ``G = W₀C``,
+        and ``c`` its rows)."""
         acc = self.acc
-        assert acc.G is not None and acc.c is not None
+        assert acc.c is not None
         W0 = as_tensor(W0, "W0", dtype=acc.dtype, device=acc.device)
         if W0.ndim != 2 or W0.shape != (self.stop - self.start, acc.d_in):
             raise ValueError(f"W0 must have this operator's shape ({self.stop - self.start}, {acc.d_in}), "
                              f"got {tuple(W0.shape)}")
         scale = acc._scale(normalize)
-        problem = LassoProblem(H=acc.H * scale, G=self.G * scale, c=(self.c * scale).to(acc.dtype), lam=lam, **kwargs)
+        if self.G is not None:
+            G = self.G * scale
+        else:  # a given c: G = W₀C, as LassoProblem.from_layer_statistics forms it
+            assert acc.C is not None
+            check_finite(W0, "W0")
+            G = W0 @ (acc.C * scale)
+        problem = LassoProblem(H=acc.H * scale, G=G, c=(self.c * scale).to(acc.dtype), lam=lam, **kwargs)
         return problem.with_damping(W0, damp) if damp > 0 else problem
 
 
