@@ -31,6 +31,8 @@ WEIGHT_RTOL = 1e-3
 CASES = {  # two model families; solver and baselines; patterns; modes
     "llama-fista": ("llama", dict(method="fista")),
     "opt-fista": ("opt", dict(method="fista")),
+    # outputs in the statistics' dtype: the later groups take c from the shared forward (no D)
+    "llama-fista-float64-model": ("llama", dict(method="fista", model_dtype=torch.float64)),
     "opt-sparsegpt-2:4": ("opt", dict(method="sparsegpt", pattern="2:4")),
     "llama-wanda-dense-noec": ("llama", dict(method="wanda", block_inputs="dense", error_correction=False)),
     "opt-fista-layer": ("opt", dict(method="fista", pattern="unstructured-layer", block_inputs="dense")),
@@ -44,8 +46,10 @@ def _ids() -> torch.Tensor:
     return calib(nsamples=8, seqlen=16)
 
 
-def _pruned(arch: str, comm: Communicator | None = None, **kwargs):
+def _pruned(arch: str, comm: Communicator | None = None, model_dtype: torch.dtype | None = None, **kwargs):
     model = tiny_model(arch, scale=3.0)
+    if model_dtype is not None:
+        model.to(model_dtype)
     report = prune(model, _ids(), **({"comm": comm} if comm is not None else {}), **COMMON, **kwargs)
     return model, report
 

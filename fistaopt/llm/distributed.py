@@ -4,6 +4,7 @@ The layer problem of one operator is made for it.  Its statistics are sums over
 calibration tokens, and its rows are independent problems that share one Gram matrix:
 
     H = Σ_r H_r        C = Σ_r C_r        D = Σ_r D_r        (d_in, d_in), r = rank
+    c = Σ_r c_r        G = Σ_r G_r                           (where c or G are streamed)
     W = [W_0; W_1; …]  rank r solves rows W_r (d_out_r, d_in) against the summed H
 
 So every rank holds its share of the calibration batches (hidden states never leave
@@ -127,8 +128,8 @@ class Communicator:
         return out
 
     def reduce_statistics(self, acc: LayerStatsAccumulator) -> None:
-        """Sum ``H`` (and ``C``, ``D`` or the targets' ``G``, ``c`` with error correction) and the
-        token count over the ranks, in place."""
+        """Sum ``H`` (and with error correction ``C`` and ``D`` or ``c``, or the targets' ``G`` and
+        ``c``) and the token count over the ranks, in place."""
         if not self.distributed:
             return
         self.sum_over_ranks(acc.sums())

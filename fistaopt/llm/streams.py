@@ -243,7 +243,8 @@ class PrunedStream:
             work.held = held
 
     def group_statistics(self, work: BlockWork, group: OperatorGroup, first: bool, acc: LayerStatsAccumulator) -> None:
-        """Stream ``X`` and ``X*`` of one group (error correction); the first group has ``X* = X``."""
+        """Stream ``X`` and ``X*`` of one group (error correction; the first group has ``X* = X``),
+        and ``c`` where the shared dense forward gives it (:meth:`BlockWork.dense_c`)."""
         for b, (h, x_star) in enumerate(zip(self.hidden, work.pruned_inputs(group, self.hidden))):
             work.keep(group, x_star)
             if first or work.dense is None:  # nothing of this block is pruned yet
