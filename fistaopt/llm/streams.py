@@ -144,28 +144,37 @@ class BlockWork:
             modules = [self.dense.get_submodule(n) for n in names]
             to_end = self.keep_dense_outputs or self.residual_of is not None
             outputs: list[torch.Tensor] | None = [] if to_end else None
-            squares: dict[str, torch.Tensor] = {}  # by operator
-
-            def square(name: str, bias: torch.Tensor | None) -> Callable[[torch.Tensor], None]:
-                def keep(out: torch.Tensor) -> None:
-                    if out.dtype == self.stats_dtype:
-                        squares[name] = squared_outputs(skip_tokens(out, self.skip), bias)
-                return keep
-
             c_groups = [g for g in self.c_groups if any(g is cached for cached in self.cached_groups)]
-            on_output = {}
-            for g in c_groups:
-                for op in g:
-                    module = self.dense.get_submodule(op.name)
-                    bias = getattr(module, "bias", None)
-                    on_output[module] = square(op.name, None if bias is None else bias.detach())
+            squares: dict[str, torch.Tensor] = {}  # by operator
             self._dense_inputs[b] = dict(zip(names, inputs_of_many(self.dense, modules, self.calls[b], hidden,
-                                                                    self.device, outputs, on_output)))
+                                                                    self.device, outputs,
+                                                                    self._square_hooks(c_groups, squares))))
             self._dense_c[b] = {g.operators[0].name: torch.cat([squares[op.name] for op in g])
                                 for g in c_groups if all(op.name in squares for op in g)}
             if outputs:
                 self.dense_outputs[b] = outputs[0]
         return skip_tokens(self._dense_inputs[b].pop(group.operators[0].name), self.skip)
+
+    def _square_hooks(self, groups: list[OperatorGroup], squares: dict[str, torch.Tensor]
+                      ) -> dict[nn.Module, Callable[[torch.Tensor], None]]:
+        """Output hooks on the dense copy's operators of ``groups``: each puts its output's
+        :func:`squared_outputs` (bias excluded, over the statistics' tokens) in ``squares`` by
+        operator name, where the output is in :attr:`stats_dtype`."""
+        assert self.dense is not None
+
+        def keeper(name: str, bias: torch.Tensor | None) -> Callable[[torch.Tensor], None]:
+            def keep(out: torch.Tensor) -> None:
+                if out.dtype == self.stats_dtype:
+                    squares[name] = squared_outputs(skip_tokens(out, self.skip), bias)
+            return keep
+
+        hooks = {}
+        for g in groups:
+            for op in g:
+                module = self.dense.get_submodule(op.name)
+                bias = getattr(module, "bias", None)
+                hooks[module] = keeper(op.name, None if bias is None else bias.detach())
+        return hooks
 
     def dense_c(self, group: OperatorGroup, b: int) -> torch.Tensor | None:
         """Batch ``b``'s ``c`` of ``group`` (``Σ_t (X W₀ᵀ)²`` per output row of its operators, in
@@ -250,7 +259,7 @@ class PrunedStream:
             if first or work.dense is None:  # nothing of this block is pruned yet
                 acc.add(x_star)
             else:
-                x = work.dense_input(group, b, h)
+                x = work.dense_input(group, b, h)  # first: its shared forward makes what dense_c reads
                 acc.add(x, x_star, c=work.dense_c(group, b) if acc.takes_c else None)
 
     def adds_to_output(self, work: BlockWork, name: str, comm: Communicator = SINGLE) -> bool:

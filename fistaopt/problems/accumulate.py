@@ -94,7 +94,7 @@ class LayerStatsAccumulator:
         """
         X = _tokens(X, "X", self.d_in, self.dtype, self.device)
         if c is not None and (X_star is None or self.W_targets is not None):
-            raise ValueError("c is given with X_star, to an accumulator without targets")
+            raise ValueError("c is taken only with X_star, by an accumulator without targets")
         if self.W_targets is not None:
             Xs = X if X_star is None else _tokens(X_star, "X_star", self.d_in, self.dtype, self.device)
             _same_tokens(X, Xs)
